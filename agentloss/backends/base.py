@@ -1,0 +1,135 @@
+"""The backend protocol: chat messages in, text out. One small surface for every LLM runtime.
+
+Backends are chosen by config (``create_backend({"type": "llama_cpp", ...})``) so that moving from
+a local GGUF to a hosted OpenAI-compatible model changes no code. A backend raises
+``BackendError`` for any failure it can name (timeout, refused connection, HTTP error, context
+overflow); the agent turns that into a recorded fallback instead of a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+class BackendError(RuntimeError):
+    """A backend could not produce an answer (timeout, connection, server error, bad config)."""
+
+
+class ContextOverflowError(BackendError):
+    """The prompt does not fit the model's context window."""
+
+
+@dataclass
+class ChatResult:
+    """One answer. ``finish_reason`` is "stop", "length" (cut at max_tokens) or the runtime's word."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    seconds: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """What an agent needs of a language model.
+
+    ``grammar`` is a GBNF grammar the backend should constrain decoding with when it can;
+    ``supports_grammar`` says whether it does. ``context_size`` (tokens) and ``count_tokens``
+    let the agent shorten a prompt that would not fit; both may be ``None``.
+    """
+
+    supports_grammar: bool
+    context_size: int | None
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        grammar: str | None = None,
+    ) -> ChatResult: ...
+
+    def count_tokens(self, messages: list[Message]) -> int | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+BACKEND_REGISTRY: dict[str, Callable[..., ChatBackend]] = {}
+
+
+def register_backend(name: str) -> Callable[[Callable[..., ChatBackend]], Callable[..., ChatBackend]]:
+    """Register a backend factory under ``name`` (the config's ``type``).
+
+    ``create_backend`` calls ``factory(config_dict_without_type)``; a factory that has a
+    ``config_model`` attribute (a ``BackendConfig`` subclass) gets its config validated first, so
+    unknown or missing fields fail with a message naming them.
+    """
+
+    def wrap(factory: Callable[..., ChatBackend]) -> Callable[..., ChatBackend]:
+        BACKEND_REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+class BackendConfig(BaseModel):
+    """Base of the per-backend config models: unknown fields are errors, not silently ignored.
+
+    Example:
+        >>> class EchoConfig(BackendConfig):
+        ...     prefix: str = ""
+        >>> validate_config(EchoConfig, {"prefix": ">"}, backend="echo").prefix
+        '>'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=BackendConfig)
+
+
+def validate_config(model: type[ConfigT], data: Mapping[str, Any] | ConfigT | None, *, backend: str) -> ConfigT:
+    """Validate ``data`` against ``model``; on failure raise ``ValueError`` naming each bad field.
+
+    The message lists the allowed fields and never echoes the offending values (a config may hold
+    an API key). A ``"type"`` entry in ``data`` is ignored: it selected the backend already.
+
+    Example:
+        >>> class EchoConfig(BackendConfig):
+        ...     prefix: str = ""
+        >>> validate_config(EchoConfig, {"prefx": ">"}, backend="echo")
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid config for backend 'echo': unknown field 'prefx'. Allowed fields: prefix
+    """
+    if isinstance(data, model):
+        return data
+    fields = dict(data or {})
+    fields.pop("type", None)
+    try:
+        return model.model_validate(fields)
+    except ValidationError as err:
+        allowed = ", ".join(name for name in model.model_fields if name != "type")
+        problems = []
+        for e in err.errors(include_input=False, include_url=False):
+            where = ".".join(str(p) for p in e["loc"]) or "(config)"
+            if e["type"] == "extra_forbidden":
+                problems.append(f"unknown field {where!r}")
+            elif e["type"] == "missing":
+                problems.append(f"missing required field {where!r}")
+            else:
+                problems.append(f"field {where!r}: {e['msg']}")
+        # ``from None``: pydantic's own message would print the rejected input, maybe a secret.
+        raise ValueError(
+            f"invalid config for backend {backend!r}: {'; '.join(problems)}. Allowed fields: {allowed}"
+        ) from None

@@ -1,0 +1,416 @@
+"""``StageScheduler``: cuts training into stages and lets an agent set the loss weights at each end.
+
+Data flows one way: the training loop calls ``step()``; at a stage end the scheduler restores the
+probe set (eval mode, no grad), scores it with the objectives, asks the agent, validates and clips
+the answer, applies it to the ``AgentWeightedLoss`` and appends a ``StageRecord`` to the history
+and to ``run_dir/stages.jsonl``. Any failure after set-up (an objective that raises or returns NaN,
+an agent that raises or answers invalid weights) keeps the previous weights and is recorded: it
+never stops training.
+
+Example:
+    >>> import torch, tempfile
+    >>> import agentloss as al
+    >>> model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    >>> loss_fn = al.AgentWeightedLoss({"l1": 1.0, "mse": 1.0})
+    >>> contrast = al.CallableObjective(lambda x: x.std().item(), name="contrast", higher_is_better=True)
+    >>> sched = al.StageScheduler(loss_fn, agent=al.RandomAgent(seed=0), objectives=[contrast],
+    ...                           model=model, probe=torch.rand(2, 3, 16, 16), stage_length=2,
+    ...                           run_dir=tempfile.mkdtemp())
+    >>> opt = torch.optim.Adam(model.parameters(), 1e-3)
+    >>> for _ in range(4):
+    ...     x = torch.rand(1, 3, 16, 16)
+    ...     loss = loss_fn(model(x), x)
+    ...     opt.zero_grad(); loss.backward(); opt.step()
+    ...     _ = sched.step()
+    >>> [r.stage for r in sched.history], sched.history[1].weights == {"l1": 1.0, "mse": 1.0}
+    ([0, 1, 2], True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .agents.base import Agent, DecisionContext, agent_state, describe_agent, load_agent_state
+from .constraints import WeightError, validate_weights
+from .objectives import Objective
+from .records import RecordWriter, StageRecord
+from .weighted_loss import AgentWeightedLoss
+
+log = logging.getLogger("agentloss")
+
+ImageInput = torch.Tensor | Sequence[torch.Tensor]
+
+
+class ProbeError(ValueError):
+    """The probe set (or its references) is not a set of images the scheduler can use."""
+
+
+def as_image_list(images: ImageInput, what: str = "probe") -> list[torch.Tensor]:
+    """Normalise a ``NxCxHxW`` tensor, a ``CxHxW`` tensor or a list of either into ``1xCxHxW`` images.
+
+    Raises ``ProbeError`` naming what is wrong: not tensors, wrong rank, not floating point,
+    not 1 or 3 channels, empty, or non-finite values.
+    """
+    if isinstance(images, torch.Tensor):
+        items = [images] if images.dim() == 3 else list(images.unbind(0)) if images.dim() == 4 else None
+        if items is None:
+            raise ProbeError(f"{what} must be NxCxHxW or CxHxW, got a tensor of shape {tuple(images.shape)}")
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        raise ProbeError(f"{what} must be a tensor or a list of tensors, got {type(images).__name__}")
+    if not items:
+        raise ProbeError(f"{what} is empty")
+    out = []
+    for i, img in enumerate(items):
+        if not isinstance(img, torch.Tensor):
+            raise ProbeError(f"{what}[{i}] is a {type(img).__name__}, not a tensor")
+        if img.dim() == 4 and img.shape[0] == 1:
+            img = img[0]
+        if img.dim() != 3:
+            raise ProbeError(f"{what}[{i}] must be CxHxW (or 1xCxHxW), got shape {tuple(img.shape)}")
+        if not img.is_floating_point():
+            raise ProbeError(f"{what}[{i}] must be a floating-point image in [0, 1], got dtype {img.dtype}")
+        if img.shape[0] not in (1, 3):
+            raise ProbeError(f"{what}[{i}] must have 1 or 3 channels, got {img.shape[0]} (shape {tuple(img.shape)})")
+        if not torch.isfinite(img).all():
+            raise ProbeError(f"{what}[{i}] contains NaN or infinite values")
+        out.append(img.detach().unsqueeze(0))
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP's forward syncs buffers collectively; only rank 0 restores the probe, so use the bare module.
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _dist_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class StageScheduler:
+    """Runs the stage-end loop around any training loop; see the module docstring for the flow.
+
+    Args:
+        loss_fn: the ``AgentWeightedLoss`` whose weights the agent sets; its ``constraints``
+            (bounds and per-stage move limit) are applied to every answer.
+        agent: proposes weights (``FixedAgent``, ``RandomAgent``, ``LLMAgent`` or your own).
+        objectives: what is scored on the probe set; each keeps its direction.
+        model: the network; the probe is restored with ``restore_fn(model, lq)`` (default
+            ``model(lq)``) in eval mode under ``no_grad``, then train mode is restored.
+        probe: a few low-quality inputs (``NxCxHxW`` or a list of ``CxHxW`` of any sizes) in [0, 1].
+        probe_references: optional ground truths, one per probe image, for full-reference objectives.
+        stage_length: iterations per stage.
+        total_stages: if given, no decision is asked after the last stage (it would never be used).
+        run_dir: where ``stages.jsonl`` and ``run.json`` are written (``None``: in memory only).
+        clamp: clamp restored images to [0, 1] before scoring (objectives expect that range).
+        callbacks: functions called with each new ``StageRecord`` (logging, plotting...).
+
+    S0, the initial state, is scored before the first update: ``start()`` runs automatically on the
+    first forward of ``loss_fn`` (or the first ``step()``), or call it yourself.
+    """
+
+    def __init__(
+        self,
+        loss_fn: AgentWeightedLoss,
+        agent: Agent,
+        objectives: Sequence[Objective],
+        model: nn.Module,
+        probe: ImageInput,
+        *,
+        stage_length: int,
+        probe_references: ImageInput | None = None,
+        total_stages: int | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        restore_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        clamp: bool = True,
+        callbacks: Sequence[Callable[[StageRecord], Any]] = (),
+    ):
+        if not isinstance(loss_fn, AgentWeightedLoss):
+            raise TypeError(f"loss_fn must be an AgentWeightedLoss, got {type(loss_fn).__name__}")
+        if not callable(getattr(agent, "propose", None)):
+            raise TypeError(f"agent must have a propose(context) method, got {type(agent).__name__}")
+        if not isinstance(stage_length, int) or stage_length < 1:
+            raise ValueError(f"stage_length must be a positive integer, got {stage_length!r}")
+        if total_stages is not None and (not isinstance(total_stages, int) or total_stages < 1):
+            raise ValueError(f"total_stages must be a positive integer or None, got {total_stages!r}")
+        objectives = list(objectives)
+        if not objectives:
+            raise ValueError("at least one objective is needed: the agent decides from their scores")
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, got {names}")
+        self.probe = as_image_list(probe, "probe")
+        self.probe_references = None if probe_references is None else as_image_list(probe_references, "probe_references")
+        if self.probe_references is not None and len(self.probe_references) != len(self.probe):
+            raise ProbeError(f"{len(self.probe)} probe images but {len(self.probe_references)} references")
+        needing = [o.name for o in objectives if o.needs_reference]
+        if needing and self.probe_references is None:
+            raise ProbeError(f"objectives {needing} need references: pass probe_references=")
+        self.loss_fn = loss_fn
+        self.agent = agent
+        self.objectives = objectives
+        self.model = _unwrap(model)
+        self.stage_length = stage_length
+        self.total_stages = total_stages
+        self.restore_fn = restore_fn or (lambda m, x: m(x))
+        self.clamp = clamp
+        self.callbacks = list(callbacks)
+        self.writer = RecordWriter(run_dir) if run_dir is not None else None
+        self.rank, self.world_size = _dist_world()
+        self.iteration = 0
+        self.stage = 0
+        self.started = False
+        self.history: list[StageRecord] = []
+        self.feedback: list[str] = []
+        self.initial_weights = loss_fn.weights
+        self._t_stage_start = time.perf_counter()
+        self._hook = loss_fn.register_forward_pre_hook(self._start_before_first_loss)
+
+    # -- public loop API ------------------------------------------------------------------
+    def start(self) -> StageRecord:
+        """Score the initial state S0 (once). Called automatically before the first update."""
+        if self.started:
+            return self.history[0]
+        self._remove_hook()
+        self.started = True
+        if self.writer is not None and self.rank == 0:
+            self.writer.write_meta(self.meta())
+        record = StageRecord(stage=0, iteration=self.iteration, weights=self.loss_fn.weights)
+        if self.rank == 0:
+            self._evaluate(record)
+            record.next_weights = self.loss_fn.weights
+        self._finish(record, self.loss_fn.weights)
+        return record
+
+    def step(self) -> StageRecord | None:
+        """Count one iteration; at a stage end run the decision and return its record."""
+        if not self.started:
+            self.start()
+        self.iteration += 1
+        if self.iteration % self.stage_length == 0 and (self.total_stages is None or self.stage < self.total_stages):
+            return self.end_stage()
+        return None
+
+    def end_stage(self) -> StageRecord:
+        """Close the current stage now: score, decide, apply, record."""
+        train_s = time.perf_counter() - self._t_stage_start
+        self.stage += 1
+        record = StageRecord(stage=self.stage, iteration=self.iteration, weights=self.loss_fn.weights)
+        record.timings["train_s"] = train_s
+        new_weights = self.loss_fn.weights
+        if self.rank == 0:
+            self._evaluate(record)
+            new_weights = self._decide(record)
+        self._finish(record, new_weights)
+        return record
+
+    def add_feedback(self, text: str) -> None:
+        """A person's note for the agent; it is shown to the agent as data, with the next decision."""
+        self.feedback.append(str(text))
+
+    @property
+    def last_scores(self) -> dict[str, float | None]:
+        return dict(self.history[-1].scores) if self.history else {}
+
+    # -- the stage-end steps ----------------------------------------------------------------
+    def restore_probe(self) -> list[torch.Tensor]:
+        """Restore every probe image with the model in eval mode; train mode is put back after."""
+        model = self.model
+        was_training = model.training
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        outputs = []
+        model.eval()
+        try:
+            with torch.no_grad():
+                for lq in self.probe:
+                    out = self.restore_fn(model, lq.to(device))
+                    if not isinstance(out, torch.Tensor):
+                        raise ProbeError(f"restore_fn returned {type(out).__name__}, not a tensor")
+                    out = out.float()
+                    outputs.append(out.clamp(0, 1) if self.clamp else out)
+        finally:
+            model.train(was_training)
+        return outputs
+
+    def _evaluate(self, record: StageRecord) -> None:
+        t0 = time.perf_counter()
+        try:
+            restored = self.restore_probe()
+        except Exception as e:  # noqa: BLE001 - a failed restore is recorded; training goes on
+            if record.stage == 0:
+                raise  # before training: a clear error beats a run that can never be scored
+            record.errors.append(f"probe restore failed: {type(e).__name__}: {e}")
+            record.scores = {o.name: None for o in self.objectives}
+            record.timings["restore_s"] = time.perf_counter() - t0
+            return
+        t1 = time.perf_counter()
+        record.timings["restore_s"] = t1 - t0
+        refs = self.probe_references
+        if refs is not None:
+            mismatched = [i for i, (o, r) in enumerate(zip(restored, refs)) if o.shape[-2:] != r.shape[-2:]]
+            if mismatched:
+                msg = (f"restored probe images {mismatched} have sizes "
+                       f"{[tuple(restored[i].shape[-2:]) for i in mismatched]} but their references "
+                       f"{[tuple(refs[i].shape[-2:]) for i in mismatched]}")
+                if record.stage == 0:
+                    raise ProbeError(msg)
+                record.errors.append(msg)
+        for obj in self.objectives:
+            t = time.perf_counter()
+            try:
+                result = obj.score(restored, refs if obj.needs_reference else None)
+                record.scores[obj.name] = result.mean
+                record.per_image[obj.name] = result.per_image
+                record.errors.extend(f"{obj.name}: {e}" for e in result.errors)
+            except Exception as e:  # noqa: BLE001
+                record.scores[obj.name] = None
+                record.errors.append(f"{obj.name} failed: {type(e).__name__}: {e}")
+            record.timings[f"score_{obj.name}_s"] = time.perf_counter() - t
+        record.timings["score_s"] = time.perf_counter() - t1
+
+    def _decide(self, record: StageRecord) -> dict[str, float]:
+        """Ask the agent; return the weights for the next stage (the current ones on any failure)."""
+        current = self.loss_fn.weights
+        failed = [name for name, v in record.scores.items() if v is None]
+        if failed:
+            record.fallback = f"objective(s) {failed} could not be scored; previous weights kept"
+            return current
+        if self.total_stages is not None and record.stage >= self.total_stages:
+            record.decision = {"skipped": "final stage: no later stage would use new weights"}
+            return current
+        context = DecisionContext(
+            loss_names=list(self.loss_fn.names),
+            current_weights=current,
+            initial_weights=dict(self.initial_weights),
+            history=[*self.history, record],
+            objectives=[o.info() for o in self.objectives],
+            constraints=self.loss_fn.constraints,
+            stage=record.stage,
+            total_stages=self.total_stages,
+            stage_length=self.stage_length,
+            feedback=list(self.feedback),
+        )
+        t = time.perf_counter()
+        try:
+            decision = self.agent.propose(context)
+        except Exception as e:  # noqa: BLE001 - an agent can never stop training
+            record.timings["agent_s"] = time.perf_counter() - t
+            record.fallback = f"agent raised {type(e).__name__}: {e}"
+            record.decision = {"traceback": traceback.format_exc(limit=5)}
+            return current
+        record.timings["agent_s"] = time.perf_counter() - t
+        record.decision = decision.to_dict()
+        if self.feedback:
+            record.decision["feedback"] = list(self.feedback)
+        if decision.fallback:
+            record.fallback = decision.fallback
+            return current
+        try:
+            proposed = validate_weights(decision.weights, self.loss_fn.names)
+        except WeightError as e:
+            record.fallback = f"agent proposed invalid weights: {e}"
+            return current
+        weights, notes = self.loss_fn.constraints.apply(proposed, previous=current)
+        if notes:
+            record.decision["clipped"] = notes
+        return weights
+
+    def _finish(self, record: StageRecord, new_weights: dict[str, float]) -> None:
+        """Share the decision with every rank, apply it, record it, start timing the next stage."""
+        if self.world_size > 1:
+            payload: list[Any] = [record.to_dict(), new_weights]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            record, new_weights = StageRecord.from_dict(payload[0]), payload[1]
+        try:
+            self.loss_fn.set_weights(new_weights)
+        except WeightError as e:  # bounds changed under us: keep what we have, say so
+            record.fallback = f"could not apply weights {new_weights}: {e}"
+        record.next_weights = self.loss_fn.weights
+        self.history.append(record)
+        if record.stage > 0:
+            self._log(record)
+        if self.writer is not None and self.rank == 0:
+            self.writer.append(record)
+        for cb in self.callbacks:
+            try:
+                cb(record)
+            except Exception as e:  # noqa: BLE001 - a plotting callback must not stop training
+                log.warning("stage callback %r failed: %s", cb, e)
+        self._t_stage_start = time.perf_counter()
+
+    def _log(self, record: StageRecord) -> None:
+        scores = " ".join(f"{k}={'n/a' if v is None else f'{v:.4g}'}" for k, v in record.scores.items())
+        weights = ":".join(f"{w:.3g}" for w in (record.next_weights or {}).values())
+        extra = f" (fallback: {record.fallback})" if record.fallback else ""
+        log.info("stage %d @ iter %d: %s -> weights %s%s", record.stage, record.iteration, scores, weights, extra)
+
+    # -- start-up hook ------------------------------------------------------------------------
+    def _start_before_first_loss(self, module: nn.Module, args: Any) -> None:
+        if not self.started and module.training and torch.is_grad_enabled():
+            self.start()
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # -- state ----------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        """The run's fixed description, written to ``run.json`` (the agent's prompt can be rebuilt from it)."""
+        return {
+            "loss_names": list(self.loss_fn.names),
+            "initial_weights": dict(self.initial_weights),
+            "objectives": [vars(o.info()) for o in self.objectives],
+            "constraints": self.loss_fn.constraints.to_dict(),
+            "stage_length": self.stage_length,
+            "total_stages": self.total_stages,
+            "agent": describe_agent(self.agent),
+            "probe": {"count": len(self.probe), "shapes": [list(p.shape) for p in self.probe],
+                      "references": self.probe_references is not None},
+            "world_size": self.world_size,
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: counters, history, weights, the agent's state."""
+        return {
+            "version": 1,
+            "iteration": self.iteration,
+            "stage": self.stage,
+            "started": self.started,
+            "history": [r.to_dict() for r in self.history],
+            "weights": self.loss_fn.weights,
+            "initial_weights": dict(self.initial_weights),
+            "feedback": list(self.feedback),
+            "agent": agent_state(self.agent),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a run; records in ``run_dir`` after the restored stage are dropped (they are re-run)."""
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported scheduler state version {state.get('version')!r}")
+        self.iteration = int(state["iteration"])
+        self.stage = int(state["stage"])
+        self.started = bool(state["started"])
+        if self.started:
+            self._remove_hook()
+        self.history = [StageRecord.from_dict(r) for r in state["history"]]
+        self.initial_weights = dict(state["initial_weights"])
+        self.feedback = list(state.get("feedback", []))
+        self.loss_fn.set_weights(state["weights"])
+        load_agent_state(self.agent, state.get("agent", {}))
+        if self.writer is not None and self.rank == 0:
+            self.writer.truncate_after(self.stage)
+        self._t_stage_start = time.perf_counter()

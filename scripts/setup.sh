@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set-up on a fresh machine: a virtualenv in .venv with agentloss, its LLM backends and test tools.
+# llama-cpp-python has no wheels on PyPI for every platform: pip builds it from source once
+# (about 11 minutes on 2 cores) and caches the wheel for later installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -d .venv ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+# torch first, pinned: other versions download gigabytes (see README).
+pip install -q torch==2.14.1 torchvision==0.29.1
+pip install -q -e ".[dev,llm]"
+echo "agentloss installed in $(pwd)/.venv ($(python -c 'import agentloss; print(agentloss.__version__)'))"

@@ -1,0 +1,41 @@
+"""Shared fixtures: NIQE's parameter file, photos, and the test configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# CI lays shared/ beside the clone; a developer's checkout has it one level up too.
+NIQE_CANDIDATES = [os.environ.get("AGENTLOSS_NIQE_PARAMS", ""), ROOT.parent / "shared/data/niqe_modelparameters.mat",
+                   Path(os.environ.get("TORCH_HOME", Path.home() / ".cache/torch")) / "hub/pyiqa/niqe_modelparameters.mat"]
+
+
+@pytest.fixture(scope="session")
+def niqe_params() -> str:
+    for c in NIQE_CANDIDATES:
+        if c and Path(c).is_file():
+            return str(c)
+    pytest.skip("NIQE parameter file absent (set AGENTLOSS_NIQE_PARAMS or place shared/data beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def niqe_kwargs(niqe_params) -> dict:
+    return {"pretrained_model_path": niqe_params, "device": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def photo() -> torch.Tensor:
+    from agentloss.data import builtin_photos
+
+    return builtin_photos(["astronaut"])[0].unsqueeze(0)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Two cores shared by everything: keep torch from oversubscribing them.
+    torch.set_num_threads(2)
+    yield
