@@ -1,0 +1,34 @@
+"""The loss repository (see ``registry``); importing this package registers the built-in terms.
+
+Built-in terms: ``l1``, ``mse`` (``l2``), ``charbonnier``, ``ssim``, ``fft`` (``frequency``) from
+``pixel``; ``perceptual`` (``vgg``) from ``perceptual``; ``gan`` (``adversarial``) from ``gan``;
+``lpips`` from ``lpips`` (pyiqa is imported only when an LPIPS term is built).
+"""
+
+# Importing each module registers its terms.
+from .gan import GANLoss, PatchDiscriminator
+from .lpips import LPIPSLoss
+from .perceptual import VGG19_LAYER_NAMES, PerceptualLoss, freeze_as_buffers
+from .pixel import CharbonnierLoss, FFTLoss, L1Loss, MSELoss, SSIMLoss, ssim
+from .registry import LOSS_REGISTRY, LossSpec, create_loss, list_losses, register_loss, resolve_loss_name
+
+__all__ = [
+    "LOSS_REGISTRY",
+    "VGG19_LAYER_NAMES",
+    "CharbonnierLoss",
+    "FFTLoss",
+    "GANLoss",
+    "L1Loss",
+    "LPIPSLoss",
+    "LossSpec",
+    "MSELoss",
+    "PatchDiscriminator",
+    "PerceptualLoss",
+    "SSIMLoss",
+    "create_loss",
+    "freeze_as_buffers",
+    "list_losses",
+    "register_loss",
+    "resolve_loss_name",
+    "ssim",
+]
