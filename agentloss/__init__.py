@@ -10,7 +10,18 @@ The public API in a few lines::
     # in the loop: loss = loss_fn(sr, gt); ...; sched.step()
 """
 
-from .agents import Agent, BaseAgent, Decision, DecisionContext, FixedAgent, ObjectiveInfo, RandomAgent
+from .agents import (
+    Agent,
+    BaseAgent,
+    Decision,
+    DecisionContext,
+    FixedAgent,
+    LLMAgent,
+    ObjectiveInfo,
+    RandomAgent,
+    create_agent,
+)
+from .backends import create_backend
 from .constraints import WeightConstraints, WeightError, validate_weights
 from .losses import LOSS_REGISTRY, create_loss, list_losses, register_loss
 from .objectives import (
@@ -22,6 +33,7 @@ from .objectives import (
     PyiqaObjective,
     SSIMObjective,
 )
+from .proposal import Proposal, ProposalError, parse_proposal
 from .records import RecordWriter, StageRecord, read_meta, read_records
 from .scheduler import ProbeError, StageScheduler
 from .weighted_loss import AgentWeightedLoss
@@ -30,7 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent", "AgentWeightedLoss", "BaseAgent", "CallableObjective", "Decision", "DecisionContext", "FixedAgent",
-    "LOSS_REGISTRY", "Objective", "ObjectiveError", "ObjectiveInfo", "ObjectiveResult", "PSNRObjective",
+    "LLMAgent", "LOSS_REGISTRY", "Proposal", "ProposalError", "create_agent", "create_backend", "parse_proposal", "Objective", "ObjectiveError", "ObjectiveInfo", "ObjectiveResult", "PSNRObjective",
     "ProbeError", "PyiqaObjective", "RandomAgent", "RecordWriter", "SSIMObjective", "StageRecord", "StageScheduler",
     "WeightConstraints", "WeightError", "create_loss", "list_losses", "read_meta", "read_records", "register_loss",
     "validate_weights",

@@ -1,7 +1,8 @@
 """The ``agentloss`` command.
 
 ``agentloss plot RUN_DIR`` draws a run's weight and score curves; ``agentloss show RUN_DIR`` prints
-its stages as a table.
+its stages as a table; ``agentloss prompt RUN_DIR --config agent.yaml`` prints the exact messages
+an LLM agent would send for the run's next decision (a dry run: no model is loaded).
 """
 
 from __future__ import annotations
@@ -43,6 +44,37 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_config(path: str | None) -> dict:
+    """A YAML (or JSON) file; an ``agent:`` section is used when present."""
+    if path is None:
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return dict(data.get("agent", data))
+
+
+def _cmd_prompt(args: argparse.Namespace) -> int:
+    from .prompts import dry_run_messages
+
+    config = load_config(args.config)
+    if args.needs:
+        config["needs"] = args.needs
+    messages = dry_run_messages(config, args.run_dir, feedback=args.feedback or None)
+    if args.json:
+        import json
+
+        print(json.dumps(messages, indent=2, ensure_ascii=False))
+    else:
+        for m in messages:
+            print(f"===== {m['role']} =====")
+            print(m["content"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentloss", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -53,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a run's stages as a table")
     show.add_argument("run_dir")
     show.set_defaults(func=_cmd_show)
+    prompt = sub.add_parser("prompt", help="print the messages an LLM agent would send next (dry run, no model)")
+    prompt.add_argument("run_dir")
+    prompt.add_argument("--config", help="agent config YAML (needs, templates, history_window, backend...)")
+    prompt.add_argument("--needs", help="the goal in words (overrides the config's needs)")
+    prompt.add_argument("--feedback", action="append", help="a person's note to include (repeatable)")
+    prompt.add_argument("--json", action="store_true", help="print the messages as JSON")
+    prompt.set_defaults(func=_cmd_prompt)
     return p
 
 

@@ -108,3 +108,33 @@ def test_plot_command_writes_png(photos, tmp_path):
     png = (tmp_path / "c.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert main(["show", str(tmp_path)]) == 0
+
+
+@pytest.mark.slow
+def test_llm_agent_end_to_end_on_tiny_gguf(photos, tmp_path):
+    """The whole path: prompt, llama.cpp backend with a grammar, parse, clipped weights, records."""
+    pytest.importorskip("llama_cpp", reason="the LLM end-to-end test needs llama-cpp-python")
+    pytest.importorskip("gguf", reason="writing the test GGUF needs the gguf package")
+    from tests.tiny_models import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", n_ctx_train=8192)
+    agent = al.create_agent({"type": "llm", "needs": "Lower PIQE without losing PSNR.", "max_tries": 2,
+                             "backend": {"type": "llama_cpp", "model_path": str(gguf), "n_ctx": 8192,
+                                         "n_threads": 1, "seed": 0}})
+    parts = build(photos, agent, tmp_path / "run")
+    parts["loss_fn"].constraints.max_step = 2.0  # enforced in code, whatever the model says
+    train(parts, 3 * STAGE)
+    hist = parts["sched"].history
+    decided = hist[1:3]  # stage 3 is final: no decision asked
+    for prev, rec in zip(hist[:2], decided):
+        assert rec.fallback is None, rec.fallback  # the grammar makes every answer parseable
+        assert rec.decision["info"]["grammar"] is True
+        exchange = rec.decision["exchange"]
+        assert exchange[0]["role"] == "system" and "piqe" in exchange[0]["content"]
+        assert any(m["role"] == "assistant" and "Weights:" in m["content"] for m in exchange)
+        for name, w in rec.next_weights.items():  # move limit held
+            assert rec.weights[name] / 2 - 1e-12 <= w <= max(rec.weights[name], 1e-3) * 2 + 1e-12
+    assert hist[2].weights == hist[1].next_weights
+    on_disk = al.read_records(tmp_path / "run")
+    assert on_disk[1].decision["exchange"] == hist[1].decision["exchange"]
+    assert "Weights:" in str(on_disk[2].decision)
