@@ -37,8 +37,8 @@ except Exception:  # noqa: BLE001 - any import failure (missing package, CUDA mi
     _mamba_selective_scan_fn = None
 
 __all__ = [
-    "MambaIRv2Light",
     "PUBLISHED_CONFIG",
+    "MambaIRv2Light",
     "load_mambairv2light",
     "mamba_ssm_available",
     "selective_scan",
@@ -172,56 +172,63 @@ def _scan_loop(a: Tensor, x: Tensor, reverse: bool) -> Tensor:
     return h
 
 
-def _chunked_linear_scan(a: Tensor, x: Tensor, reverse: bool = False, chunk: int | None = None) -> Tensor:
+def _chunked_linear_scan(log_a: Tensor, x: Tensor, reverse: bool = False, chunk: int | None = None) -> Tensor:
     """First-order linear recurrence along dim 0 with a two-level (chunked) parallel scan.
 
-    ``h[t] = a[t] * h[t-1] + x[t]`` with ``h[-1] = 0`` (``reverse``: ``h[t] = a[t] * h[t+1] + x[t]``), for
-    decays ``0 <= a <= 1``. The axis is cut into ``L/T`` chunks of ``T ~ sqrt(L)`` steps:
+    ``h[t] = exp(log_a[t]) * h[t-1] + x[t]`` with ``h[-1] = 0`` (``reverse``: ``h[t+1]`` instead of
+    ``h[t-1]``), for log-decays ``log_a <= 0``. The axis is cut into ``L/T`` chunks of ``T ~ sqrt(L)`` steps:
 
-    1. inside every chunk at once, the local scan (zero initial state) and the running product of decays
-       ``P`` are built over the ``T`` positions, each step one fused op on all ``L/T`` chunks;
-    2. the chunk-end states form a recurrence of length ``L/T`` with decays ``P[end]``: solved by this same
-       function (recursively);
-    3. every position adds ``P[t] * (state entering its chunk)``.
+    1. inside every chunk at once, the local scan (zero initial state) and the running sum of log-decays
+       ``S`` are built over the ``T`` positions, each step one fused op on all ``L/T`` chunks;
+    2. the chunk-end states obey a recurrence of length ``L/T`` with log-decays ``S[end]``: solved by this
+       same function (recursively);
+    3. every position adds ``exp(S[t]) * (state entering its chunk)``.
 
-    So the Python-level work is about ``2*sqrt(L)`` vectorised ops instead of ``L``, the arithmetic stays
-    ``O(L)``, and it is stable: only products of numbers in [0, 1] appear, never ``exp`` of a positive sum.
+    So the Python-level work is about ``2*sqrt(L)`` vectorised ops instead of ``L`` and the arithmetic stays
+    ``O(L)``. It is stable: decays are only ever multiplied as numbers in [0, 1] or summed as logs <= 0,
+    never as ``exp`` of a positive sum; cumulative decays below the smallest normal float are set to exactly
+    0, because subnormal numbers make CPU arithmetic many times slower.
 
-    >>> a, x = torch.full((10, 1), 0.5), torch.ones(10, 1)
-    >>> _chunked_linear_scan(a, x, chunk=3)[:4, 0].tolist()
+    >>> log_a, x = torch.full((10, 1), -math.log(2.0)), torch.ones(10, 1)
+    >>> [round(v, 6) for v in _chunked_linear_scan(log_a, x, chunk=3)[:4, 0].tolist()]
     [1.0, 1.5, 1.75, 1.875]
     """
+    # Dense time-major memory: each per-step op then touches contiguous blocks (permuted inputs would make
+    # every slice a gather).
+    log_a, x = log_a.contiguous(), x.contiguous()
     length = x.shape[0]
     step = chunk if chunk is not None else max(8, math.isqrt(max(length - 1, 0)) + 1)
     if length <= step:
-        return _scan_loop(a, x, reverse)
+        return _scan_loop(torch.exp(log_a), x, reverse)
     n_chunks = -(-length // step)
     pad = n_chunks * step - length
     if pad:  # appended steps have x = 0: they feed nothing into real steps in either direction
-        a = torch.cat([a, a.new_zeros((pad,) + a.shape[1:])])
+        log_a = torch.cat([log_a, log_a.new_zeros((pad,) + log_a.shape[1:])])
         x = torch.cat([x, x.new_zeros((pad,) + x.shape[1:])])
-    a = a.reshape((n_chunks, step) + a.shape[1:])
-    x = x.reshape((n_chunks, step) + x.shape[1:])
+    shape = (n_chunks, step) + x.shape[1:]
+    log_a, x = log_a.view(shape), x.view(shape)
+    a = torch.exp(log_a)
     h = torch.empty_like(x)
-    prod = torch.empty_like(a)
+    cum = torch.empty_like(log_a)
     steps = range(step - 1, -1, -1) if reverse else range(step)
     prev = None
     for t in steps:
         if prev is None:
             h[:, t] = x[:, t]
-            prod[:, t] = a[:, t]
+            cum[:, t] = log_a[:, t]
         else:
             torch.addcmul(x[:, t], a[:, t], h[:, prev], out=h[:, t])
-            torch.mul(prod[:, prev], a[:, t], out=prod[:, t])
+            torch.add(cum[:, prev], log_a[:, t], out=cum[:, t])
         prev = t
-    ends = _chunked_linear_scan(prod[:, prev], h[:, prev], reverse, chunk)  # state at each chunk's last step
+    ends = _chunked_linear_scan(cum[:, prev], h[:, prev], reverse, chunk)  # state at each chunk's last step
     entering = torch.zeros_like(ends)
     if reverse:
         entering[:-1] = ends[1:]
     else:
         entering[1:] = ends[:-1]
-    h.addcmul_(prod, entering.unsqueeze(1))
-    return h.reshape((n_chunks * step,) + h.shape[2:])[:length]
+    F.threshold_(cum, math.log(torch.finfo(cum.dtype).tiny), -math.inf)  # exp -> exactly 0, not subnormal
+    h.addcmul_(cum.exp_(), entering.unsqueeze(1))
+    return h.view((n_chunks * step,) + h.shape[2:])[:length]
 
 
 def _group_view(m: Tensor, dim: int) -> tuple[Tensor, int]:
@@ -234,6 +241,18 @@ def _group_view(m: Tensor, dim: int) -> tuple[Tensor, int]:
     if m.dim() == 3:  # (batch, N, L)
         return m.permute(2, 0, 1)[:, :, None, None, :], 1
     return m.permute(3, 0, 1, 2).unsqueeze(3), m.shape[1]  # (batch, G, N, L)
+
+
+def _contract_n(state: Tensor, m: Tensor, constant: bool) -> Tensor:
+    """sum_n state[..., h, n] * m[..., n]: (L, b, G, H, N) x grouped B/C -> (L, b, G, H)."""
+    if constant:  # m is (1, 1, 1, dim, N): a plain broadcast product
+        return (state * m).sum(-1)
+    return (state @ m.transpose(-1, -2)).squeeze(-1)  # batched mat-vec, no (L, b, dim, N) temporary
+
+
+def _contract_channels(per_channel: Tensor, state: Tensor) -> Tensor:
+    """sum over the channels of a group: (L, b, G, H, 1) x (L, b, G, H, N) -> (L, b, G, N)."""
+    return (per_channel.transpose(-1, -2) @ state).squeeze(-2)
 
 
 def _ungroup_grad(g: Tensor, m: Tensor) -> Tensor:
@@ -249,33 +268,35 @@ class _SelectiveScanFn(torch.autograd.Function):
     """Chunked selective scan with an analytic backward that re-runs the scan (memory ~ inputs only)."""
 
     @staticmethod
-    def _states(u, delta, A, B, C, delta_bias, softplus, chunk):  # noqa: ANN001, ANN205 - internal
+    def _states(
+        u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Tensor | None, softplus: bool,
+        chunk: int | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int, Tensor]:
+        """Discretised inputs in time-major layout and the states ``h`` (L, batch, dim, N)."""
         cdt = _compute_dtype(u)
         dt_raw = delta.to(cdt)
         if delta_bias is not None:
             dt_raw = dt_raw + delta_bias.to(cdt)[:, None]
         dt = F.softplus(dt_raw) if softplus else dt_raw
         batch, dim, length = u.shape
-        dt_t = dt.permute(2, 0, 1)  # time-major (L, batch, dim): the scan axis first keeps chunk slices dense
-        u_t = u.to(cdt).permute(2, 0, 1)
+        # Time-major (L, batch, dim) copies (small): products built from them are born in scan order.
+        dt_t = dt.permute(2, 0, 1).contiguous()
+        u_t = u.to(cdt).permute(2, 0, 1).contiguous()
         A = A.to(cdt)
-        decay = torch.exp(dt_t.unsqueeze(-1) * A)  # exp(delta*A) <= 1 because A < 0
+        log_decay = dt_t.unsqueeze(-1) * A  # delta*A <= 0 because A < 0: the log of the discretised A
         b_view, gb = _group_view(B.to(cdt), dim)
         du = dt_t * u_t
         drive = (du.reshape(length, batch, gb, dim // gb, 1) * b_view).reshape(length, batch, dim, -1)
-        h = _chunked_linear_scan(decay, drive, chunk=chunk)
-        return dt_raw, dt_t, u_t, decay, du, b_view, gb, h
+        h = _chunked_linear_scan(log_decay, drive, chunk=chunk)
+        return dt_raw, dt_t, u_t, log_decay, du, b_view, gb, h
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk):  # noqa: ANN001, ANN205
+    def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                z: Tensor | None, delta_bias: Tensor | None, softplus: bool,
+                chunk: int | None) -> tuple[Tensor, Tensor]:
         dtype_in = u.dtype
         _, _, u_t, _, _, _, _, h = _SelectiveScanFn._states(u, delta, A, B, C, delta_bias, softplus, chunk)
-        length, batch, dim, _ = h.shape
-        c_view, gc = _group_view(C.to(h.dtype), dim)
-        y = (h.view(length, batch, gc, dim // gc, -1) * c_view).sum(-1).reshape(length, batch, dim)
-        if D is not None:
-            y = y + u_t * D.to(h.dtype)
-        y = y.permute(1, 2, 0)
+        y = _SelectiveScanFn._output(h, C, u_t, D).permute(1, 2, 0)
         out = y * F.silu(z.to(y.dtype)) if z is not None else y
         last = h[-1].clone()
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
@@ -285,9 +306,9 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_out, _g_last):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, g_out: Tensor, _g_last: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        dt_raw, dt_t, u_t, decay, du, b_view, gb, h = _SelectiveScanFn._states(
+        dt_raw, dt_t, u_t, log_decay, du, b_view, gb, h = _SelectiveScanFn._states(
             u, delta, A, B, C, delta_bias, ctx.softplus, ctx.chunk)
         cdt = h.dtype
         length, batch, dim, n = h.shape
@@ -307,22 +328,22 @@ class _SelectiveScanFn(torch.autograd.Function):
         c_view, gc = _group_view(C.to(cdt), dim)
         g_y_c = g_y.reshape(length, batch, gc, dim // gc, 1)
         source = (g_y_c * c_view).reshape(length, batch, dim, n)
-        decay_next = torch.cat([decay[1:], decay.new_zeros((1,) + decay.shape[1:])])
-        g_h = _chunked_linear_scan(decay_next, source, reverse=True, chunk=ctx.chunk)
-        del source, decay_next
+        log_decay_next = torch.cat([log_decay[1:], log_decay.new_zeros((1,) + log_decay.shape[1:])])
+        g_h = _chunked_linear_scan(log_decay_next, source, reverse=True, chunk=ctx.chunk)
+        del source, log_decay_next
         h_c = h.view(length, batch, gc, dim // gc, n)
-        g_C = (g_y_c * h_c).sum((0, 1, 2)) if C.dim() == 2 else (g_y_c * h_c).sum(3)
+        g_C = (g_y_c * h_c).sum((0, 1, 2)) if C.dim() == 2 else _contract_channels(g_y_c, h_c)
         g_C = _ungroup_grad(g_C, C).to(C.dtype)
 
         # h_t = a_t h_{t-1} + du_t B_t with a_t = exp(dt_t A)
         g_h_b = g_h.view(length, batch, gb, dim // gb, n)
-        g_du = (g_h_b * b_view).sum(-1).reshape(length, batch, dim)
+        g_du = _contract_n(g_h_b, b_view, B.dim() == 2).reshape(length, batch, dim)
         du_b = du.reshape(length, batch, gb, dim // gb, 1)
-        g_B = (g_h_b * du_b).sum((0, 1, 2)) if B.dim() == 2 else (g_h_b * du_b).sum(3)
+        g_B = (g_h_b * du_b).sum((0, 1, 2)) if B.dim() == 2 else _contract_channels(du_b, g_h_b)
         g_B = _ungroup_grad(g_B, B).to(B.dtype)
         g_log_decay = torch.zeros_like(g_h)  # dL/d(dt*A) = dL/da * a, with dL/da_t = g_h_t * h_{t-1}
         torch.mul(g_h[1:], h[:-1], out=g_log_decay[1:])
-        g_log_decay.mul_(decay)
+        g_log_decay.mul_(log_decay.exp_())
         A_c = A.to(cdt)
         g_A = torch.einsum("lbdn,lbd->dn", g_log_decay, dt_t).to(A.dtype)
         g_dt = torch.einsum("lbdn,dn->lbd", g_log_decay, A_c) + g_du * u_t
@@ -338,7 +359,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     def _output(h: Tensor, C: Tensor, u_t: Tensor, D: Tensor | None) -> Tensor:
         length, batch, dim, _ = h.shape
         c_view, gc = _group_view(C.to(h.dtype), dim)
-        y = (h.view(length, batch, gc, dim // gc, -1) * c_view).sum(-1).reshape(length, batch, dim)
+        y = _contract_n(h.view(length, batch, gc, dim // gc, -1), c_view, C.dim() == 2).reshape(length, batch, dim)
         return y + u_t * D.to(h.dtype) if D is not None else y
 
 
@@ -367,7 +388,8 @@ def selective_scan(
 
     >>> g = torch.Generator().manual_seed(0)
     >>> u, dt = torch.randn(2, 4, 50, generator=g), torch.randn(2, 4, 50, generator=g)
-    >>> A, Bm, Cm = -torch.rand(4, 3, generator=g), torch.randn(2, 1, 3, 50, generator=g), torch.randn(2, 1, 3, 50, generator=g)
+    >>> A = -torch.rand(4, 3, generator=g)
+    >>> Bm, Cm = torch.randn(2, 1, 3, 50, generator=g), torch.randn(2, 1, 3, 50, generator=g)  # (batch, groups, N, L)
     >>> fast = selective_scan(u, dt, A, Bm, Cm, torch.ones(4), delta_softplus=True)
     >>> ref = selective_scan_ref(u, dt, A, Bm, Cm, torch.ones(4), delta_softplus=True)
     >>> bool((fast - ref).abs().max() < 1e-5)
@@ -379,6 +401,9 @@ def selective_scan(
     if use_kernel:
         if _mamba_selective_scan_fn is None:
             raise RuntimeError("backend='mamba_ssm' but mamba_ssm is not importable")
+        # The kernel wants unit stride along L; transposed projections arrive without it.
+        u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
+        z = z.contiguous() if z is not None else None
         return _mamba_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     _check_scan_args(u, delta, A, B, C)
     out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk_size)
@@ -443,13 +468,29 @@ class _WindowAttention(nn.Module):
     def forward(self, qkv: Tensor, rpi: Tensor, batch: int, mask: Tensor | None) -> Tensor:
         """``qkv``: (batch*windows, n, 3*dim) -> (batch*windows, n, dim)."""
         bw, n, _ = qkv.shape
-        heads = self.num_heads
-        q, k, v = qkv.view(batch, bw // batch, n, 3, heads, -1).permute(3, 0, 1, 4, 2, 5).unbind(0)
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
-        bias = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # (windows|1, heads, n, n)
-        # Scale is head_dim**-0.5, SDPA's default; q, k, v are (batch, windows, heads, n, head_dim).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return self.proj(out.permute(0, 1, 3, 2, 4).reshape(bw, n, self.dim))
+        heads, windows = self.num_heads, bw // batch
+        q, k, v = qkv.view(bw, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (b*windows, heads, n, hd)
+        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1).contiguous()
+        if torch.is_grad_enabled() and bias.requires_grad:
+            # The bias table is learned: fused SDPA kernels give no gradient to a mask, and SDPA's fallback
+            # adds masking checks, so the plain softmax(q k^T / sqrt(d) + bias) is the quicker path here.
+            logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+            if mask is None:
+                logits = logits + bias
+            else:
+                logits = (logits.view(batch, windows, heads, n, n) + (bias + mask.unsqueeze(1))).view(bw, heads, n, n)
+            return self.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(bw, n, self.dim))
+        # SDPA's scale is head_dim**-0.5 as in the paper's attention. Its fused CPU/GPU kernels want 4-D
+        # inputs and a mask that broadcasts without copies: with a per-window mask, windows are folded into
+        # the head axis so one (1, windows*heads, n, n) mask serves every image of the batch.
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype))
+        else:
+            fold = (batch, windows * heads, n, -1)
+            full = (bias.unsqueeze(0) + mask.unsqueeze(1)).view(1, windows * heads, n, n).to(q.dtype)
+            out = F.scaled_dot_product_attention(q.reshape(fold), k.reshape(fold), v.reshape(fold), attn_mask=full)
+            out = out.view(bw, heads, n, -1)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, self.dim))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
@@ -465,7 +506,7 @@ class _SpatialGate(nn.Module):
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         value, gate = x.chunk(2, dim=-1)
-        b, n, c = gate.shape
+        b, _, c = gate.shape
         gate = self.conv(self.norm(gate).transpose(1, 2).reshape(b, c, *hw)).flatten(2).transpose(1, 2)
         return value * gate
 
@@ -542,18 +583,30 @@ class _AttentiveStateSpace(nn.Module):
         self.route = nn.Sequential(nn.Linear(dim, dim // 3), nn.GELU(), nn.Linear(dim // 3, num_tokens),
                                    nn.LogSoftmax(dim=-1))
 
-    def _assign(self, logits: Tensor) -> Tensor:
-        """One-hot token assignment per pixel; straight-through Gumbel (as in training) unless deterministic."""
+    def _assign(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Token per pixel: (one-hot used for the prompts, its index used for ordering).
+
+        A straight-through Gumbel-softmax sample (tau 1): the value is the one-hot of ``argmax(logits + g)``,
+        g ~ Gumbel(0, 1), the gradient that of ``softmax(logits + g)``, so the router learns through the
+        prompts. With ``deterministic_eval`` in eval mode, the plain arg-max.
+        """
         if self.deterministic_eval and not self.training:
-            return F.one_hot(logits.argmax(-1), self.num_tokens).to(logits.dtype)
-        return F.gumbel_softmax(logits, hard=True, dim=-1)
+            index = logits.argmax(-1)
+            return F.one_hot(index, self.num_tokens).to(logits.dtype), index
+        # -log(-log(U)) from uniform noise: same law as torch's exponential-based sampler, a fraction of the cost.
+        tiny, eps = torch.finfo(logits.dtype).tiny, torch.finfo(logits.dtype).eps
+        u = torch.rand_like(logits).clamp_(min=tiny, max=1.0 - eps)
+        soft = torch.softmax(logits - torch.log(-torch.log(u)), dim=-1)
+        index = soft.detach().argmax(-1)
+        hard = F.one_hot(index, self.num_tokens).to(soft.dtype)
+        return hard - soft.detach() + soft, index
 
     def forward(self, x: Tensor, hw: tuple[int, int], prompt_basis: Tensor) -> Tensor:
         b, n, c = x.shape
-        onehot = self._assign(self.route(x))  # (b, n, tokens)
+        onehot, label = self._assign(self.route(x))  # (b, n, tokens), (b, n)
         prompt = onehot @ (self.embeddingB.weight @ prompt_basis)  # (b, n, d_state)
         # SGN: pixels sharing a token become neighbours in the 1-D sequence (stable sort: deterministic ties).
-        order = onehot.detach().argmax(-1).sort(dim=-1, stable=True).indices
+        order = label.sort(dim=-1, stable=True).indices
         inverse = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(b, n))
 
         feat = self.in_proj(x.transpose(1, 2).reshape(b, c, *hw))
@@ -561,8 +614,8 @@ class _AttentiveStateSpace(nn.Module):
         feat = feat.flatten(2).transpose(1, 2)  # (b, n, hidden)
         hidden = feat.shape[-1]
         seq = feat.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden))
-        # The released weights were trained with the prompt added in pixel order to the re-ordered sequence;
-        # keeping that order is what makes them work here.
+        # As in the released model, the prompts stay in pixel order while the sequence is re-ordered: the
+        # checkpoints were trained that way, so it is kept.
         y = self.out_proj(self.out_norm(self.selectiveScan(seq, prompt)))
         return y.gather(1, inverse.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
 
@@ -629,7 +682,7 @@ class _Group(nn.Module):
         y = x
         for layer in self.residual_group.layers:
             y = layer(y, hw, rpi, mask)
-        b, n, c = y.shape
+        b, _, c = y.shape
         y = self.conv(y.transpose(1, 2).reshape(b, c, *hw)).flatten(2).transpose(1, 2)
         return y + x
 
@@ -711,8 +764,8 @@ class MambaIRv2Light(nn.Module):
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, padding=1)
         self.patch_embed = _TokenNorm(embed_dim)
-        layer_kw = dict(d_state=d_state, inner_rank=inner_rank, num_tokens=num_tokens,
-                        kernel_size=convffn_kernel_size, mlp_ratio=mlp_ratio)
+        layer_kw = {"d_state": d_state, "inner_rank": inner_rank, "num_tokens": num_tokens,
+                    "kernel_size": convffn_kernel_size, "mlp_ratio": mlp_ratio}
         self.layers = nn.ModuleList(
             _Group(embed_dim, depth, heads, window_size, **layer_kw) for depth, heads in zip(depths, num_heads))
         self.norm = nn.LayerNorm(embed_dim)
