@@ -378,3 +378,18 @@ def test_a_real_backend_that_refuses_the_connection_is_a_fallback():
     assert d.weights == ctx.current_weights and d.fallback.startswith("backend error")
     assert d.attempts == 1
     assert "sk-zzz" not in json.dumps(agent.describe()) and "sk-zzz" not in json.dumps(d.to_dict())
+
+
+def test_empty_answer_is_retried_then_used():
+    backend = ScriptedBackend(["", "   \n", GOOD])
+    d = LLMAgent(backend, max_tries=3).propose(make_context())
+    assert d.fallback is None and d.attempts == 3 and len(d.info["parse_errors"]) == 2
+
+
+def test_prompt_grows_by_appending_so_the_kv_cache_is_reused():
+    """Everything before the stage-end marker of decision k is a prefix of decision k+1's prompt."""
+    a = build_messages(make_context(stages=2), needs_text="Lower NIQE.")
+    b = build_messages(make_context(stages=3), needs_text="Lower NIQE.")
+    assert a[0] == b[0]  # the system part does not depend on the stage
+    shared = a[1]["content"].split("Stage 2 of 10 has just ended")[0]
+    assert len(shared) > 200 and b[1]["content"].startswith(shared)
