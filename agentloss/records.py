@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -80,6 +81,21 @@ class RecordWriter:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / RECORDS_FILE
+
+    def archive_existing(self) -> Path | None:
+        """Move a previous run's records aside (never delete them) so a new run starts a clean file.
+
+        Returns the new name of the old file, or ``None`` when there was nothing to move.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.run_dir / f"stages.{stamp}.jsonl"
+        n = 1
+        while target.exists():
+            target, n = self.run_dir / f"stages.{stamp}-{n}.jsonl", n + 1
+        os.replace(self.path, target)
+        return target
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         tmp = self.run_dir / (META_FILE + ".tmp")

@@ -185,6 +185,9 @@ class StageScheduler:
         self._remove_hook()
         self.started = True
         if self.writer is not None and self.rank == 0:
+            moved = self.writer.archive_existing()
+            if moved is not None:
+                log.warning("run_dir already held records of another run; moved them to %s", moved)
             self.writer.write_meta(self.meta())
         record = StageRecord(stage=0, iteration=self.iteration, weights=self.loss_fn.weights)
         if self.rank == 0:

@@ -329,3 +329,13 @@ def test_feedback_reaches_agent_and_record():
     rec = train(2)[0]
     assert agent.contexts[0].feedback == ["the outputs look too smooth"]
     assert rec.decision["feedback"] == ["the outputs look too smooth"]
+
+
+def test_a_new_run_in_a_used_run_dir_moves_old_records_aside(tmp_path):
+    _, _, _, train = _tiny_setup(ScriptedAgent([{"l1": 2.0, "mse": 1.0}]), run_dir=tmp_path)
+    train(2)
+    _, _, _, train = _tiny_setup(ScriptedAgent([{"l1": 3.0, "mse": 1.0}]), run_dir=tmp_path)
+    train(2)
+    assert [r.next_weights["l1"] for r in read_records(tmp_path)] == [1.0, 3.0]  # only the new run
+    old = list(tmp_path.glob("stages.*.jsonl"))
+    assert len(old) == 1 and [r.next_weights["l1"] for r in read_records(old[0])] == [1.0, 2.0]
