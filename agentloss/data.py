@@ -22,20 +22,32 @@ import torch.nn.functional as F
 
 # Colour natural photos in scikit-image's wheel (no extra download needed).
 PHOTO_NAMES: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
-                                "colorwheel", "cat")
-NATURAL_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "cat")
+                                "colorwheel")
+# ("cat" is the same photo as "chelsea" in scikit-image, so it is not listed.)
+NATURAL_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket")
+# Photos for evaluation only, never in NATURAL_PHOTOS (the built-in training set): the colour
+# motorcycle (left view of scikit-image's stereo pair, 500x741) and two grey photos (replicated to
+# RGB): "camera" (512x512) and "coins" (303x384). All sides exceed the ~192 px NIQE needs.
+EVAL_PHOTOS: tuple[str, ...] = ("motorcycle", "camera", "coins")
+# Names that are not plain scikit-image loaders: (loader, index into the tuple it returns).
+_PHOTO_ALIASES: dict[str, tuple[str, int | None]] = {"motorcycle": ("stereo_motorcycle", 0)}
 
 
 def builtin_photos(names: Sequence[str] = NATURAL_PHOTOS) -> list[torch.Tensor]:
-    """Photos from scikit-image as float ``3xHxW`` tensors in [0, 1]."""
+    """Photos from scikit-image as float ``3xHxW`` tensors in [0, 1] (grey ones replicated to RGB).
+
+    Besides scikit-image's loader names, ``"motorcycle"`` is the left view of ``stereo_motorcycle``.
+    """
     import skimage.data
 
     out = []
     for name in names:
-        fn = getattr(skimage.data, name, None)
+        loader, item = _PHOTO_ALIASES.get(name, (name, None))
+        fn = getattr(skimage.data, loader, None)
         if fn is None:
-            raise ValueError(f"scikit-image has no image {name!r}; built-in photos: {list(PHOTO_NAMES)}")
-        arr = np.asarray(fn())
+            raise ValueError(f"scikit-image has no image {name!r}; built-in photos: {list(PHOTO_NAMES + EVAL_PHOTOS)}")
+        arr = fn()
+        arr = np.asarray(arr[item] if item is not None else arr)
         if arr.ndim == 2:
             arr = np.stack([arr] * 3, axis=-1)
         arr = arr[..., :3].astype(np.float32) / 255.0

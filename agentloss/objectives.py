@@ -214,11 +214,16 @@ class CallableObjective(Objective):
         return float(self.fn(restored, reference) if self.needs_reference else self.fn(restored))
 
 
+def _y_kwargs(y_channel: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    # SR papers take Y from YCbCr (ITU-R BT.601); pyiqa's default Y comes from YIQ and reads ~1.3 dB lower.
+    return {"test_y_channel": y_channel, **({"color_space": "ycbcr"} if y_channel else {}), **kwargs}
+
+
 def PSNRObjective(y_channel: bool = True, **kwargs: Any) -> PyiqaObjective:
-    """Full-reference PSNR (dB) through pyiqa, on the Y channel by default as SR papers report it."""
-    return PyiqaObjective("psnr", test_y_channel=y_channel, display_name="psnr_y" if y_channel else "psnr", **kwargs)
+    """Full-reference PSNR (dB) through pyiqa, on the YCbCr Y channel by default as SR papers report it."""
+    return PyiqaObjective("psnr", display_name="psnr_y" if y_channel else "psnr", **_y_kwargs(y_channel, kwargs))
 
 
 def SSIMObjective(y_channel: bool = True, **kwargs: Any) -> PyiqaObjective:
-    """Full-reference SSIM through pyiqa, on the Y channel by default."""
-    return PyiqaObjective("ssim", test_y_channel=y_channel, display_name="ssim_y" if y_channel else "ssim", **kwargs)
+    """Full-reference SSIM through pyiqa, on the YCbCr Y channel by default."""
+    return PyiqaObjective("ssim", display_name="ssim_y" if y_channel else "ssim", **_y_kwargs(y_channel, kwargs))

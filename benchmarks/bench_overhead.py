@@ -67,7 +67,7 @@ class TinySR(nn.Module):
 def bench_stage(stage: int, stages: int, niqe_params: str | None) -> list[dict]:
     torch.manual_seed(0)
     photos = builtin_photos()
-    hr = [crop_to_multiple(p[:, :256, :256], 2) for p in photos]
+    hr = [crop_to_multiple(p[:, :256, :256], 2) for p in builtin_photos(("motorcycle", "camera", "coins"))]
     lq = [bicubic_downsample(h.unsqueeze(0), 2)[0] for h in hr]
     model = TinySR()
     loss_fn = al.AgentWeightedLoss(WEIGHTS, terms={"perceptual": {"weights": None}})
@@ -104,7 +104,7 @@ def main() -> None:
     for name, ms, ratio in bench_loss(args.repeats, args.size, args.batch):
         print(f"{name:<20} {ms:>9.2f} {ratio:>7.3f}")
 
-    print(f"\n## Stage-end decision vs training, tiny x2 SR, {args.stage} iterations a stage, 5 probe images 128px LQ")
+    print(f"\n## Stage-end decision vs training, tiny x2 SR, {args.stage} iterations a stage, 3 probe images 128px LQ")
     rows = bench_stage(args.stage, args.stages, args.niqe_params)
     print(f"{'stage':<6} {'train s':>8} {'restore s':>10} {'score s':>8} {'agent s':>8} {'decision/train':>15}")
     for i, t in enumerate(rows, 1):

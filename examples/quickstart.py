@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import agentloss as al
-from agentloss.data import PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
+from agentloss.data import EVAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.plotting import plot_run
 
 WEIGHTS = {"l1": 1.0, "fft": 0.1, "gan": 0.01}
@@ -115,9 +115,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
 
-    photos = builtin_photos()
-    train_photos, probe_photos = photos[:4], photos[4:] + [photos[0][:, 256:, 256:]]
-    probe_hr = [crop_to_multiple(p[:, :192, :192], 2) for p in probe_photos]
+    train_photos = builtin_photos()  # astronaut, coffee, chelsea, rocket
+    moto, camera, coins = builtin_photos(EVAL_PHOTOS)  # never trained on
+    probe_photos = [moto[:, :240, :240], moto[:, 240:480, 240:480], moto[:, 200:440, 480:720], camera[:, 100:340, 100:340],
+                    coins[:, 40:280, 100:340]]
+    probe_hr = [crop_to_multiple(p, 2) for p in probe_photos]
     probe_lq = [bicubic_downsample(h.unsqueeze(0), 2)[0] for h in probe_hr]
     t = time.perf_counter()
     print(f"pretraining with L1 for {args.pretrain} iterations ...", flush=True)
