@@ -53,10 +53,11 @@ def synthetic_history(stages: int, rng: random.Random) -> tuple[list[StageRecord
     return hist, w
 
 
-def context(hist: list[StageRecord], current: dict[str, float], total: int = 20) -> DecisionContext:
+def context(hist: list[StageRecord], current: dict[str, float], total: int) -> DecisionContext:
+    # total_stages must stay fixed over a run, as in training: it is part of the system prompt.
     return DecisionContext(NAMES, current, dict(hist[0].weights), hist, OBJECTIVES,
                            WeightConstraints(max_weight=10.0, max_step=2.0), stage=hist[-1].stage,
-                           total_stages=max(total, hist[-1].stage + 1), stage_length=5000)
+                           total_stages=total, stage_length=5000)
 
 
 def make_agent(path: str, grammar: bool, threads: int, max_tries: int = 3) -> tuple[LLMAgent, object]:
@@ -90,7 +91,7 @@ def run_sequences(label: str, path: str, grammar: bool, sequences: int, stages: 
             if reset:
                 backend_reset(backend)
             t = time.perf_counter()
-            d = agent.propose(context(full[: s + 1], dict(full[s].next_weights)))
+            d = agent.propose(context(full[: s + 1], dict(full[s].next_weights), stages + 1))
             times.setdefault(s, []).append(time.perf_counter() - t)
             if d.fallback is None:
                 final += 1
