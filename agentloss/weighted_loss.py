@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .constraints import WeightConstraints, WeightError, validate_weights
-from .losses.registry import LOSS_REGISTRY, create_loss, resolve_loss_name
+from .losses.registry import create_loss, resolve_loss_name
 
 
 class AgentWeightedLoss(nn.Module):
@@ -145,7 +145,3 @@ class AgentWeightedLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={w:g}" for n, w in self._weights.items())
-
-    @staticmethod
-    def available() -> list[str]:
-        return sorted(LOSS_REGISTRY)
