@@ -1,5 +1,10 @@
 """The ``agentloss`` command.
 
+``agentloss run CONFIG.yaml`` trains a task with its agent; ``agentloss compare CONFIG.yaml`` trains
+Fixed, Random and the agent from the same start and prints a table shaped like the paper's Table 1
+(with ``crops.png`` and ``compare.png``); ``agentloss report DIR`` re-plots a run or comparison.
+Any config field can be overridden (``--set train.total_iters=2000``), the agent and its backend too
+(``--agent random``, ``--gguf model.gguf``, ``--openai-url http://host/v1 --openai-model name``).
 ``agentloss plot RUN_DIR`` draws a run's weight and score curves; ``agentloss show RUN_DIR`` prints
 its stages as a table; ``agentloss prompt RUN_DIR --config agent.yaml`` prints the exact messages
 an LLM agent would send for the run's next decision (a dry run: no model is loaded).
@@ -9,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .records import read_meta, read_records
+
+if TYPE_CHECKING:
+    from .tasks.config import RunConfig
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -75,6 +83,77 @@ def _cmd_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_config(args: argparse.Namespace) -> "RunConfig":
+    from .tasks.config import load_config
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out={args.out}")
+    if args.agent:
+        overrides.append(f"agent={{type: {args.agent}}}")
+    backend = None
+    if args.gguf:
+        backend = {"type": "llama_cpp", "model_path": args.gguf, **({"n_threads": args.threads} if args.threads else {})}
+    elif args.openai_url:
+        backend = {"type": "openai", "base_url": args.openai_url, "model": args.openai_model}
+    if backend is not None:
+        import json
+
+        overrides.append(f"agent.backend={json.dumps(backend)}")
+    return load_config(args.config, overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .tasks.runner import run
+
+    cfg = _task_config(args)
+    result = run(cfg, progress=not args.no_progress, resume=not args.fresh)
+    for name, scores in result.evaluation.items():
+        print(f"{name}: " + "  ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+    print(f"run directory: {cfg.out_dir}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .tasks.report import format_table
+    from .tasks.runner import compare
+
+    cfg = _task_config(args)
+    comp = compare(cfg, progress=not args.no_progress, resume=not args.fresh)
+    print()
+    print(format_table(comp))
+    print()
+    for m, r in comp.results.items():
+        t = r.timings
+        print(f"{m:>6}: train {t.get('loop_train_s', 0):.0f} s, probe restore+score "
+              f"{t.get('restore_s', 0) + t.get('score_s', 0):.1f} s, agent {t.get('agent_s', 0):.1f} s, "
+              f"eval {t.get('eval_s', 0):.1f} s; final weights "
+              + ":".join(f"{k}={v:.3g}" for k, v in (r.history[-1].weights if r.history else {}).items()))
+    print(f"total {comp.wall_s:.0f} s; table, crops.png, compare.png and per-method curves in {cfg.out_dir}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .tasks.report import report
+
+    print(report(args.dir))
+    return 0
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run config (see examples/configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. train.total_iters=2000 (repeatable)")
+    p.add_argument("--out", help="output directory (default runs/<name>)")
+    p.add_argument("--agent", help="agent type (fixed, random, llm, ...) replacing the config's agent")
+    p.add_argument("--gguf", help="run the LLM agent on this GGUF chat model (llama.cpp)")
+    p.add_argument("--openai-url", help="run the LLM agent on an OpenAI-compatible endpoint ($OPENAI_API_KEY)")
+    p.add_argument("--openai-model", default="default", help="model name at --openai-url")
+    p.add_argument("--threads", type=int, help="llama.cpp threads for --gguf")
+    p.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier interrupted run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentloss", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--feedback", action="append", help="a person's note to include (repeatable)")
     prompt.add_argument("--json", action="store_true", help="print the messages as JSON")
     prompt.set_defaults(func=_cmd_prompt)
+    run = sub.add_parser("run", help="train a task from a YAML config with its agent, then evaluate")
+    _task_args(run)
+    run.set_defaults(func=_cmd_run)
+    comp = sub.add_parser("compare", help="train Fixed, Random and the agent from one start; print a Table-1 table")
+    _task_args(comp)
+    comp.set_defaults(func=_cmd_compare)
+    rep = sub.add_parser("report", help="re-plot a run or comparison directory and print its table")
+    rep.add_argument("dir")
+    rep.set_defaults(func=_cmd_report)
     return p
 
 
@@ -99,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError: the message names the field
         print(f"agentloss: error: {e}", file=sys.stderr)
         return 2
 

@@ -30,13 +30,18 @@ NATURAL_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket")
 # RGB): "camera" (512x512) and "coins" (303x384). All sides exceed the ~192 px NIQE needs.
 EVAL_PHOTOS: tuple[str, ...] = ("motorcycle", "camera", "coins")
 # Names that are not plain scikit-image loaders: (loader, index into the tuple it returns).
-_PHOTO_ALIASES: dict[str, tuple[str, int | None]] = {"motorcycle": ("stereo_motorcycle", 0)}
+_PHOTO_ALIASES: dict[str, tuple[str, int | None]] = {"motorcycle": ("stereo_motorcycle", 0),
+                                                      "motorcycle_right": ("stereo_motorcycle", 1)}
+# The right view of the stereo pair: the default probe photo of the bundled tasks (neither trained
+# on nor evaluated; it shows the same scene as the left view from another viewpoint).
+PROBE_PHOTOS: tuple[str, ...] = ("motorcycle_right",)
 
 
 def builtin_photos(names: Sequence[str] = NATURAL_PHOTOS) -> list[torch.Tensor]:
     """Photos from scikit-image as float ``3xHxW`` tensors in [0, 1] (grey ones replicated to RGB).
 
-    Besides scikit-image's loader names, ``"motorcycle"`` is the left view of ``stereo_motorcycle``.
+    Besides scikit-image's loader names, ``"motorcycle"`` and ``"motorcycle_right"`` are the left and
+    right views of ``stereo_motorcycle``.
     """
     import skimage.data
 
@@ -45,7 +50,8 @@ def builtin_photos(names: Sequence[str] = NATURAL_PHOTOS) -> list[torch.Tensor]:
         loader, item = _PHOTO_ALIASES.get(name, (name, None))
         fn = getattr(skimage.data, loader, None)
         if fn is None:
-            raise ValueError(f"scikit-image has no image {name!r}; built-in photos: {list(PHOTO_NAMES + EVAL_PHOTOS)}")
+            raise ValueError(f"scikit-image has no image {name!r}; built-in photos: "
+                             f"{list(PHOTO_NAMES + EVAL_PHOTOS + PROBE_PHOTOS)}")
         arr = fn()
         arr = np.asarray(arr[item] if item is not None else arr)
         if arr.ndim == 2:

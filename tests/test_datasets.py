@@ -305,3 +305,19 @@ def test_no_reference_metric_and_missing_gt(niqe_kwargs):
                    restore_fn=lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"),
                    metric_kwargs={"niqe": {"pretrained_model_path": niqe_kwargs["pretrained_model_path"]}})
     assert set(res.per_image["real"]) == {"niqe"} and math.isfinite(res.mean["niqe"])
+
+
+def test_a_metric_failing_on_one_image_scores_nan_and_evaluation_goes_on(niqe_kwargs):
+    pairs = builtin_eval_pairs("sr", scale=2, size=192)[:2]
+    flat_first = iter([True, False])
+
+    def restore(x: torch.Tensor) -> torch.Tensor:  # the first output collapses to a flat grey image
+        up = F.interpolate(x, scale_factor=2, mode="bicubic")
+        return up * 0 + 0.5 if next(flat_first) else up
+
+    with pytest.warns(UserWarning, match="niqe failed"):
+        res = evaluate(None, pairs, 2, metrics=["psnr", "niqe"], restore_fn=restore,
+                       metric_kwargs={"niqe": {"pretrained_model_path": niqe_kwargs["pretrained_model_path"]}})
+    first, second = res.per_image.values()
+    assert math.isnan(first["niqe"]) and math.isfinite(first["psnr"]) and math.isfinite(second["niqe"])
+    assert math.isnan(res.mean["niqe"]) and len(res.settings["failures"]) == 1

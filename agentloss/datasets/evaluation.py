@@ -10,6 +10,8 @@ Conventions (those of SR papers, e.g. EDSR/SwinIR/BasicSR tables):
   ``color_space="ycbcr"`` is passed explicitly. ``crop_border`` pixels are removed on every side
   (default: ``scale`` for SR, 0 for scale 1, where restoration papers crop nothing);
 * PSNR of identical images is ``inf`` (pyiqa's ``eps`` is set to 0), and then so is the mean;
+* a metric that raises on an image (NIQE on a flat output) scores NaN there, with a warning and a
+  note in ``settings["failures"]``; the mean is then NaN too;
 * other metric names go to ``pyiqa.create_metric`` with ``metric_kwargs[name]``; no-reference ones
   score the output alone (NIQE offline: ``{"niqe": {"pretrained_model_path": ...}}``; NIQE needs
   images of roughly 192 px or more to be meaningful), full-reference ones use the GT uncropped.
@@ -184,6 +186,7 @@ def evaluate(model: torch.nn.Module | RestoreFn | None, pairs: Iterable[Any], sc
     if is_module:
         model.eval()  # type: ignore[union-attr]
     per_image: dict[str, dict[str, float]] = {}
+    failures: list[str] = []
     try:
         with torch.no_grad():
             for i, item in enumerate(pairs):
@@ -201,13 +204,16 @@ def evaluate(model: torch.nn.Module | RestoreFn | None, pairs: Iterable[Any], sc
                                   "(its statistics need about 192 px or more)", stacklevel=2)
                 scores: dict[str, float] = {}
                 for name, (metric, needs_ref) in built.items():
-                    if needs_ref:
-                        if gt is None:
-                            continue
-                        value = metric(out, gt)
-                    else:
-                        value = metric(out)
-                    scores[name] = float(torch.as_tensor(value).double().mean())
+                    if needs_ref and gt is None:
+                        continue
+                    try:
+                        value = metric(out, gt) if needs_ref else metric(out)
+                        scores[name] = float(torch.as_tensor(value).double().mean())
+                    except Exception as e:  # e.g. NIQE's LinAlgError on a flat, collapsed output
+                        scores[name] = float("nan")
+                        failures.append(f"{pair.name}: {name}: {type(e).__name__}: {e}")
+                        warnings.warn(f"{pair.name}: {name} failed ({type(e).__name__}: {e}); scored NaN",
+                                      stacklevel=2)
                 key = pair.name if pair.name not in per_image else f"{pair.name}_{i}"
                 per_image[key] = scores
     finally:
@@ -217,9 +223,11 @@ def evaluate(model: torch.nn.Module | RestoreFn | None, pairs: Iterable[Any], sc
     for name in built:
         vals = [s[name] for s in per_image.values() if name in s]
         if vals:
-            mean[name] = sum(vals) / len(vals)  # an inf PSNR (identical images) makes the mean inf
+            # An inf PSNR (identical images) makes the mean inf; a failed image makes it NaN, so a
+            # collapsed output is never hidden by averaging over the images that could be scored.
+            mean[name] = sum(vals) / len(vals)
     settings = {"scale": scale, "crop_border": crop, "y_channel": y_channel, "color_space": "ycbcr",
-                "quantize": quantize, "tile": tile, "metrics": list(metrics)}
+                "quantize": quantize, "tile": tile, "metrics": list(metrics), "failures": failures}
     return EvaluationResult(per_image, mean, settings)
 
 

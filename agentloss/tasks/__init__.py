@@ -1,0 +1,1 @@
+from .config import TASK_DEFAULTS, ConfigError, RunConfig, load_config

@@ -1,0 +1,382 @@
+"""Run configs for the bundled tasks: one table of task defaults, pydantic validation, clear errors.
+
+A config names a task (``cisr``, ``risr`` or ``air``); every field it leaves out comes from
+:data:`TASK_DEFAULTS`, which holds the paper's settings (stage length, total iterations, initial
+weights, Adam at a constant 1e-4). Errors name the field and what is allowed:
+
+>>> load_config({"task": "cisr", "backbone": {"name": "swinr"}, "train": {"lr": -1}})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+agentloss.tasks.config.ConfigError: invalid run config:
+  backbone.name: unknown backbone 'swinr' (did you mean 'swinir'?); allowed: hat, hat_s, ...
+  train.lr: Input should be greater than 0
+>>> cfg = load_config({"task": "cisr"})
+>>> cfg.train.stage_length, cfg.train.total_iters, cfg.losses
+(5000, 100000, {'l1': 1.0, 'perceptual': 0.1, 'gan': 0.01})
+>>> load_config({"task": "air"}).losses
+{'l1': 1.0, 'perceptual': 0.1, 'lpips': 1.0}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TaskName = Literal["cisr", "risr", "air"]
+Degradation = Literal["auto", "sr", "realsr", "denoise", "derain", "dehaze", "none"]
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message lists every bad field with what is allowed."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    """The network: a registry name (``agentloss.backbones.list_backbones()``), its scale, an optional
+    official checkpoint (loaded strictly) and overrides of the registry config (new networks only)."""
+
+    name: str = "swinir"
+    scale: int | None = None
+    checkpoint: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ..backbones import list_backbones
+
+        names = list_backbones()
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown backbone {v!r}{hint}; allowed: {', '.join(names)}")
+        return v
+
+
+class SourceConfig(_Strict):
+    """One training source. ``builtin``: scikit-image photos (``photos``: names, default the built-in
+    training photos); ``hr_folder``: HR images in ``path`` (LQ synthesised by ``degradation``);
+    ``paired``: matched ``lq``/``gt`` folders. ``degradation: auto`` is the task's (bicubic for
+    cisr, real-world for risr, Gaussian noise for air); ``sigmas`` are the noise levels (8-bit)."""
+
+    kind: Literal["builtin", "hr_folder", "paired"] = "builtin"
+    path: str | None = None
+    lq: str | None = None
+    gt: str | None = None
+    photos: list[str] | None = None
+    degradation: Degradation = "auto"
+    sigmas: list[float] = Field(default_factory=lambda: [15.0, 25.0, 50.0])
+
+    @model_validator(mode="after")
+    def _paths(self) -> SourceConfig:
+        if self.kind == "hr_folder" and not self.path:
+            raise ValueError("kind 'hr_folder' needs path: a folder of HR images")
+        if self.kind == "paired" and not (self.lq and self.gt):
+            raise ValueError("kind 'paired' needs lq: and gt: folders")
+        return self
+
+
+class DataConfig(_Strict):
+    """Training data: sources are drawn in turn, one batch each; ``patch`` is the GT patch side."""
+
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()], min_length=1)
+    patch: int = Field(128, ge=8)
+    batch: int = Field(16, ge=1)
+
+
+class ProbeConfig(_Strict):
+    """The probe set the agent's objectives score at each stage end (never the evaluation images).
+
+    ``builtin``: ``count`` crops of ``size`` px from ``photos`` (default the right view of
+    scikit-image's stereo motorcycle, a photo neither trained on nor evaluated);
+    ``hr_folder``/``paired``: the first ``count`` images of ``path`` / ``lq``+``gt``, centre-cropped."""
+
+    kind: Literal["builtin", "hr_folder", "paired"] = "builtin"
+    path: str | None = None
+    lq: str | None = None
+    gt: str | None = None
+    photos: list[str] = Field(default_factory=lambda: ["motorcycle_right"])
+    count: int = Field(10, ge=1)
+    size: int = Field(256, ge=16)
+
+
+class EvalConfig(_Strict):
+    """Evaluation after training: benchmark folders under ``root`` (those found; a missing one is
+    reported and skipped) and, with ``builtin``, scikit-image photos kept out of training and probe.
+    ``metrics`` default to PSNR and SSIM plus the no-reference objectives; ``size`` centre-crops the
+    built-in photos; ``max_images`` caps each set; ``tile`` restores large images in tiles."""
+
+    root: str | None = None
+    datasets: list[str] = Field(default_factory=list)
+    builtin: bool = True
+    metrics: list[str] | None = None
+    size: int | None = None
+    max_images: int | None = Field(None, ge=1)
+    tile: int | None = Field(None, ge=16)
+    noise_sigma: float = 25.0
+
+
+class ObjectiveConfig(_Strict):
+    """An objective for the agent: ``psnr``/``ssim`` (Y channel) or any pyiqa metric name, with options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+        if v.lower() not in DEFAULT_CONFIGS:
+            close = difflib.get_close_matches(v.lower(), list(DEFAULT_CONFIGS), n=3)
+            raise ValueError(f"unknown objective {v!r}: not a pyiqa metric"
+                             + (f" (close: {', '.join(close)})" if close else "; see pyiqa.list_models()"))
+        return v.lower()
+
+
+class TrainConfig(_Strict):
+    """Stages and the optimiser (the paper: Adam, constant lr 1e-4). ``pretrain_iters`` L1 iterations
+    make a PSNR-oriented start when no checkpoint is given (the paper starts from such checkpoints)."""
+
+    stage_length: int = Field(5000, ge=1)
+    total_iters: int = Field(100_000, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    pretrain_iters: int = Field(0, ge=0)
+    pretrain_lr: float = Field(2e-4, gt=0)
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _stages(self) -> TrainConfig:
+        if self.total_iters < self.stage_length:
+            raise ValueError(f"total_iters ({self.total_iters}) is shorter than one stage ({self.stage_length})")
+        return self
+
+    @property
+    def stages(self) -> int:
+        return -(-self.total_iters // self.stage_length)
+
+
+class RunConfig(_Strict):
+    """A whole run (see the module docstring); ``agent`` is an ``agentloss.create_agent`` config."""
+
+    task: TaskName
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    out: str | None = None
+    niqe_params: str | None = None
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    losses: dict[str, float]
+    loss_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    constraints: dict[str, Any] = Field(default_factory=dict)
+    objectives: list[ObjectiveConfig] = Field(min_length=1)
+    agent: dict[str, Any] = Field(default_factory=lambda: {"type": "llm"})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    compare: list[str] = Field(default_factory=lambda: ["fixed", "random", "agent"])
+
+    @field_validator("losses")
+    @classmethod
+    def _losses(cls, v: dict[str, float]) -> dict[str, float]:
+        from ..losses import list_losses
+
+        known = list_losses()
+        unknown = [k for k in v if k not in known]
+        if unknown:
+            raise ValueError(f"unknown loss(es) {unknown}; allowed: {', '.join(known)}")
+        if not v or all(w == 0 for w in v.values()) or any(w < 0 for w in v.values()):
+            raise ValueError("weights must be non-negative and not all zero")
+        return v
+
+    @field_validator("agent")
+    @classmethod
+    def _agent(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import inspect
+
+        from ..agents.factory import AGENT_REGISTRY
+
+        kind = v.get("type")
+        if kind not in AGENT_REGISTRY:
+            raise ValueError(f"type must be one of {sorted(AGENT_REGISTRY)}, got {kind!r}")
+        allowed = [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
+        unknown = [k for k in v if k != "type" and k not in allowed]
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for agent type {kind!r}; allowed: {allowed}")
+        return v
+
+    @field_validator("compare")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in ("fixed", "random", "agent")]
+        if bad or not v:
+            raise ValueError(f"methods must be among fixed, random, agent; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        from ..backbones import BACKBONES
+
+        spec = BACKBONES[self.backbone.name]
+        if self.task == "air" and spec.task != "restoration":
+            raise ValueError(f"backbone.name: task air needs a same-size restoration backbone (promptir, "
+                             f"promptir_tiny), got {self.backbone.name}")
+        if self.task in ("cisr", "risr") and spec.task != "sr":
+            raise ValueError(f"backbone.name: task {self.task} needs an SR backbone, got {self.backbone.name}")
+        scale = self.scale
+        if scale not in spec.scales:
+            raise ValueError(f"backbone.scale: {self.backbone.name} is published for scales {list(spec.scales)}, "
+                             f"got {scale}")
+        if self.data.patch % scale:
+            raise ValueError(f"data.patch ({self.data.patch}) must be a multiple of the scale ({scale})")
+        return self
+
+    @property
+    def scale(self) -> int:
+        from ..backbones import BACKBONES
+
+        spec = BACKBONES[self.backbone.name]
+        return int(self.backbone.scale or spec.default_scale)
+
+    @property
+    def degradation(self) -> str:
+        """The task's degradation for HR-only sources."""
+        return {"cisr": "sr", "risr": "realsr", "air": "denoise"}[self.task]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or os.path.join("runs", self.name))
+
+
+# One table of defaults (like pyiqa's DEFAULT_CONFIGS): the paper's settings per task.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cisr": {  # classical (bicubic) SR: SwinIR, HAT-S, MambaIRv2-light
+        "backbone": {"name": "swinir", "scale": 4},
+        "losses": {"l1": 1.0, "perceptual": 0.1, "gan": 0.01},
+        "objectives": [{"name": "niqe"}],
+        "agent": {"type": "llm", "needs": "Lower NIQE (more natural-looking images)."},
+        "train": {"stage_length": 5000, "total_iters": 100_000, "lr": 1e-4},
+        "data": {"patch": 192, "batch": 16},  # 48 px LR at x4, as in SwinIR's training
+        "eval": {"datasets": ["Set5", "Set14", "B100", "Urban100", "Manga109"]},
+    },
+    "risr": {  # real-world SR: SwinIR with the second-order degradation made on the fly
+        "backbone": {"name": "swinir_real", "scale": 4},
+        "losses": {"l1": 1.0, "perceptual": 0.1, "gan": 0.01},
+        "objectives": [{"name": "niqe"}],
+        "agent": {"type": "llm", "needs": "Lower NIQE (more natural-looking images)."},
+        "train": {"stage_length": 5000, "total_iters": 200_000, "lr": 1e-4},
+        "data": {"patch": 256, "batch": 16},
+        "eval": {"datasets": ["RealSRSet", "OST300"]},
+    },
+    "air": {  # all-in-one restoration on PromptIR: denoising (sigma 15/25/50), deraining, dehazing
+        "backbone": {"name": "promptir", "scale": 1},
+        "losses": {"l1": 1.0, "perceptual": 0.1, "lpips": 1.0},
+        "objectives": [{"name": "niqe"}],
+        "agent": {"type": "llm", "needs": "Lower NIQE (more natural-looking images)."},
+        "train": {"stage_length": 2500, "total_iters": 100_000, "lr": 1e-4},
+        "data": {"patch": 128, "batch": 8},
+        "eval": {"datasets": ["CBSD68", "Rain100L", "SOTS"]},
+    },
+}
+
+
+# Mappings that a config replaces as a whole: a user's losses are the repository, not additions to it.
+# (An agent section replaces the default agent when it names a type; otherwise it adds options to it.)
+_REPLACED = frozenset({"losses", "loss_options", "constraints"})
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any], top: bool = True) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        replaced = top and (k in _REPLACED or (k == "agent" and isinstance(v, Mapping) and "type" in v))
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and not replaced:
+            out[k] = _deep_merge(out[k], v, top=False)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (a typo?)"
+        # Checks across fields name their field in the message; a "(top level)" prefix would only add noise.
+        lines.append(f"  {msg}" if not e["loc"] else f"  {loc}: {msg}")
+    return "invalid run config:\n" + "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings (values parsed as YAML: numbers, lists, mappings)."""
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """A validated :class:`RunConfig` from a YAML/JSON file or a mapping, task defaults filled in.
+
+    Raises :class:`ConfigError` listing each bad field (path, what is wrong, what is allowed).
+    """
+    if isinstance(source, Mapping):
+        data = dict(source)
+        where = "config"
+    else:
+        import yaml
+
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        where = str(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    task = data.get("task")
+    if task not in TASK_DEFAULTS:
+        raise ConfigError(f"invalid run config:\n  task: must be one of {', '.join(TASK_DEFAULTS)}, got {task!r}")
+    merged = _deep_merge(TASK_DEFAULTS[task], data)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        text = _format_errors(e)
+        if where != "config":
+            text = text.replace("invalid run config", f"invalid run config ({where})", 1)
+        raise ConfigError(text) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The full config (defaults included) as JSON, for the run's record."""
+    return json.dumps(cfg.model_dump(mode="json"), indent=2)
