@@ -16,6 +16,7 @@ from .agents import (
     Decision,
     DecisionContext,
     FixedAgent,
+    GuidedAgent,
     LLMAgent,
     ObjectiveInfo,
     RandomAgent,
@@ -41,7 +42,7 @@ from .weighted_loss import AgentWeightedLoss
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agent", "AgentWeightedLoss", "BaseAgent", "CallableObjective", "Decision", "DecisionContext", "FixedAgent",
+    "Agent", "AgentWeightedLoss", "BaseAgent", "CallableObjective", "Decision", "DecisionContext", "FixedAgent", "GuidedAgent",
     "LLMAgent", "LOSS_REGISTRY", "Proposal", "ProposalError", "create_agent", "create_backend", "parse_proposal", "Objective", "ObjectiveError", "ObjectiveInfo", "ObjectiveResult", "PSNRObjective",
     "ProbeError", "PyiqaObjective", "RandomAgent", "RecordWriter", "SSIMObjective", "StageRecord", "StageScheduler",
     "WeightConstraints", "WeightError", "create_loss", "list_losses", "read_meta", "read_records", "register_loss",

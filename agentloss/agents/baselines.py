@@ -13,18 +13,29 @@ from .base import BaseAgent, Decision, DecisionContext
 class FixedAgent(BaseAgent):
     """Keeps the current weights at every stage: plain training with a fixed weighted loss.
 
+    With ``weights``, answers those at every stage end instead (a hand-picked constant weighting,
+    e.g. to measure what a weighting does from a given start); the constraints still clip them.
+
     Example:
         >>> from agentloss.agents.base import DecisionContext
         >>> from agentloss.constraints import WeightConstraints
         >>> ctx = DecisionContext(["l1"], {"l1": 1.0}, {"l1": 1.0}, [], [], WeightConstraints(), 1)
-        >>> FixedAgent().propose(ctx).weights
-        {'l1': 1.0}
+        >>> FixedAgent().propose(ctx).weights, FixedAgent({"l1": 2.0}).propose(ctx).weights
+        ({'l1': 1.0}, {'l1': 2.0})
     """
 
     name = "fixed"
 
+    def __init__(self, weights: dict[str, float] | None = None):
+        self.weights = None if weights is None else {str(k): float(v) for k, v in weights.items()}
+
     def propose(self, context: DecisionContext) -> Decision:
-        return Decision(weights=dict(context.current_weights), thoughts="fixed weights")
+        if self.weights is None:
+            return Decision(weights=dict(context.current_weights), thoughts="fixed weights")
+        return Decision(weights=dict(self.weights), thoughts="fixed weights (given)")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "weights": self.weights}
 
 
 class RandomAgent(BaseAgent):

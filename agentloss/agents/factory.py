@@ -14,13 +14,15 @@ from typing import Any, Callable, Mapping
 
 from .base import Agent
 from .baselines import FixedAgent, RandomAgent
+from .guided import GuidedAgent
 from .llm import LLMAgent  # light: the backend runtimes are imported only when a backend is built
 
-AGENT_REGISTRY: dict[str, Callable[..., Agent]] = {"fixed": FixedAgent, "random": RandomAgent, "llm": LLMAgent}
+AGENT_REGISTRY: dict[str, Callable[..., Agent]] = {"fixed": FixedAgent, "random": RandomAgent, "llm": LLMAgent,
+                                                   "guided": GuidedAgent}
 
 
 def create_agent(config: Mapping[str, Any] | str | None) -> Agent:
-    """Build an agent from ``{"type": "fixed" | "random" | "llm", **options}`` (or just its type name).
+    """Build an agent from ``{"type": "fixed" | "random" | "llm" | "guided", **options}`` (or just its type name).
 
     Unknown types and unknown options raise ``ValueError`` naming what is allowed.
     """

@@ -1,0 +1,722 @@
+"""Quality benchmark: does an agent make a model better on *your* objective than fixed loss weights?
+
+Classical x2 super-resolution with a small CNN (``SmallSR``, the quick start's network), on a CPU.
+The network is first pretrained with L1 alone (once; cached in ``~/.cache/agentloss-bench/``, keyed
+by its settings), and every method and seed starts from that same state. Then each method trains
+it for ``--stages`` stages with ``AgentWeightedLoss({"l1": 1, "fft": 0.1, "gan": 0.01})`` (terms
+that need no downloaded weights) while its agent re-weights the loss at every stage end from NIQE
+and PSNR_Y on a probe set. The agent's goal (``needs``): lower NIQE while losing at most 0.2 dB PSNR.
+
+Fair comparison: for seed ``k`` every method gets the same patch stream (``PatchPairStream`` seed
+``k``), the same ``torch.manual_seed(k)`` before the loss is built (so the GAN discriminator starts
+identical) and the same start weights; only the agent differs. Seeds run in the outer loop, so
+machine noise spreads over all methods, and a partial result file still holds complete pairs.
+
+Split (all photos ship in scikit-image; nothing is downloaded):
+
+* training patches: astronaut, coffee, chelsea, rocket (``agentloss.data.NATURAL_PHOTOS``);
+* probe set (what the agent sees): six 240x240 crops of the *right* view of ``stereo_motorcycle``
+  (a 2x3 grid), LQ 120x120. Colour, natural, and large enough for NIQE (>= 192 px);
+* evaluation set (final scores only; never trained on, never probed): the *left* motorcycle view
+  (whole, 500x740), camera (512x512), coins (302x384) and the textures grass, gravel and brick
+  (512x512). The left view shows the same scene as the probe from another viewpoint, so it tests
+  new pixels rather than a new scene; the other five are new scenes, grey photos replicated to
+  RGB. moon is left out (almost flat: NIQE on it says little) and clock_motion too (its
+  ground truth is itself motion-blurred).
+
+Final scores: NIQE (lower is better) and PSNR on the Y channel (dB, border of 2 px cropped, output
+quantised to 8 bits) through ``agentloss.datasets.evaluation.evaluate``. NIQE raises on flat,
+collapsed outputs; such an image is recorded as NaN with the error, and that seed's mean NIQE is
+then missing (never silently averaged over the images that did score, which would reward the
+collapse); the table counts these.
+
+Output: a table (mean +- std over seeds; paired difference against Fixed with a 95 % Student-t
+interval and a verdict; per-seed differences; time per method), ``--out`` (JSON with everything:
+settings, split, per-image eval scores, per-stage weights and probe scores, timings) and
+``quality.png`` beside it. Per-stage records also go to ``<run-dir>/<method>/seed<k>/``
+(``agentloss show`` / ``agentloss plot`` read them).
+
+Commands::
+
+    python benchmarks/bench_quality.py                                   # fixed, random, llm-paper x 5 seeds
+    python benchmarks/bench_quality.py --gguf ~/.cache/agentloss-models/qwen2.5-1.5b-instruct-q4_k_m.gguf
+    python benchmarks/bench_quality.py --openai-url http://127.0.0.1:8000/v1 --openai-model my-model
+    python benchmarks/bench_quality.py --methods fixed,guided --method guided=configs/guided.yaml
+    python benchmarks/bench_quality.py --methods fixed,random --method 'rand2={"type": "random", "max_factor": 2.0}'
+    python benchmarks/bench_quality.py --quick                           # smoke test, well under a minute
+
+``--method NAME=PATH_OR_JSON`` adds a method from any agent config ``agentloss.create_agent``
+accepts (a JSON string, or a JSON/YAML file, optionally under an ``agent:`` key). Options the
+config leaves out are filled in when the agent type takes them: ``seed`` (the seed index),
+``needs`` (the benchmark's goal) and ``backend`` (from ``--gguf`` / ``--openai-url`` /
+``--threads``; otherwise the embedded SmolLM2-135M).
+
+Time, at the defaults (8 stages x 125 iterations, batch 8 of 48 px patches), measured on the
+shared 2-core development machine with 1 torch thread and 1 llama.cpp thread (``--seeds 1
+--stages 2`` for Fixed and Random, ``--stages 3 --stage-iters 5`` for two llm-paper decisions,
+then extrapolated to 8 stages): training 0.08 s an iteration (10 s a stage), probe scoring 0.35 s
+a stage, final evaluation 2-3 s, so a Fixed or Random run takes about 90 s. An ``llm-paper`` run
+with the embedded SmolLM2 adds 22 s for the first decision and about 14 s for each later one (the
+prompt prefix stays in llama.cpp's cache): 7 decisions, about 200 s a run. The L1 pretraining
+(2000 iterations) takes about 50 s once, then comes from the cache. Fixed + Random + llm-paper x
+5 seeds: about 32 minutes. On a machine other programs are using, keep llama.cpp at one thread
+(the embedded model's default on 2 cores; ``--threads 1``): with 2 threads a decision took 9 s
+when the cores were free and up to 157 s when they were not, since llama.cpp's threads wait for
+each other at every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import agentloss as al
+from agentloss.agents.factory import AGENT_REGISTRY
+from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
+from agentloss.datasets.benchmarks import ImagePair
+from agentloss.datasets.evaluation import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALE = 2
+INITIAL_WEIGHTS = {"l1": 1.0, "fft": 0.1, "gan": 0.01}
+# A small discriminator keeps the GAN term's cost in proportion to this small generator.
+TERM_OPTIONS = {"gan": {"width": 32, "depth": 2}}
+NEEDS = "Lower NIQE (more natural-looking images) while losing at most 0.2 dB PSNR_Y."
+DEFAULT_NIQE_PARAMS = ROOT.parent / "shared/data/niqe_modelparameters.mat"
+BUILTIN_METHODS: dict[str, dict[str, Any]] = {
+    "fixed": {"type": "fixed"},
+    "random": {"type": "random"},
+    "llm-paper": {"type": "llm"},  # default templates: the paper's three-part prompt
+}
+DEFAULTS: dict[str, Any] = {"seeds": 5, "stages": 8, "stage_iters": 125, "batch": 8, "patch": 48,
+                            "pretrain_iters": 2000}
+QUICK: dict[str, Any] = {"seeds": 2, "stages": 2, "stage_iters": 4, "batch": 4, "patch": 32, "pretrain_iters": 20}
+PRETRAIN_SEED = 0
+PRETRAIN_LR = 2e-4
+TRAIN_LR = 1e-4
+METRICS = ("niqe", "psnr_y")
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+@dataclass
+class PairedStats:
+    """Paired difference ``method - baseline`` over seeds: mean, 95 % interval, verdict."""
+
+    n: int
+    mean: float
+    lo: float
+    hi: float
+    verdict: str
+    relative_pct: float
+    diffs: list[float] = field(default_factory=list)
+
+
+# Two-sided 95 % Student-t quantiles by degrees of freedom, used only when scipy is absent.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int, confidence: float = 0.95) -> float:
+    """The two-sided Student-t quantile (scipy if installed, else a table for 95 %).
+
+    >>> round(t_quantile(4), 3)
+    2.776
+    """
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.5 + confidence / 2, df))
+    except ImportError:
+        if abs(confidence - 0.95) > 1e-9:
+            raise ValueError("without scipy only the 95 % interval is available") from None
+        return _T975[df - 1] if df <= len(_T975) else 2.0 if df <= 60 else 1.96
+
+
+def paired_interval(values: Sequence[float], baseline: Sequence[float], lower_is_better: bool,
+                    confidence: float = 0.95) -> PairedStats:
+    """Compare a method with a baseline run on the same seeds: mean difference, t-interval, verdict.
+
+    Pairs where either value is missing (None or NaN) are dropped. The verdict is "better" or
+    "worse" (in the metric's direction) when the interval excludes 0, "within noise" otherwise,
+    and "n/a" with fewer than two pairs. ``relative_pct`` is the mean difference in percent of the
+    baseline's mean over the same pairs.
+
+    >>> s = paired_interval([3.0, 3.1, 2.9, 3.0, 3.05], [3.5, 3.6, 3.4, 3.55, 3.5], lower_is_better=True)
+    >>> round(s.mean, 2), round(s.lo, 3), round(s.hi, 3), s.verdict, round(s.relative_pct, 1)
+    (-0.5, -0.544, -0.456, 'better', -14.2)
+    >>> paired_interval([30.1, 29.8, 30.0], [30.0, 30.0, 30.0], lower_is_better=False).verdict
+    'within noise'
+    >>> paired_interval([1.0, float("nan"), 2.0], [1.5, 1.0, None], lower_is_better=True).verdict
+    'n/a'
+    """
+    pairs = [(float(v), float(b)) for v, b in zip(values, baseline) if _finite(v) and _finite(b)]
+    diffs = [v - b for v, b in pairs]
+    n = len(diffs)
+    if n < 2:
+        mean = diffs[0] if diffs else math.nan
+        return PairedStats(n, mean, math.nan, math.nan, "n/a", _relative(mean, pairs), diffs)
+    mean = statistics.fmean(diffs)
+    half = t_quantile(n - 1, confidence) * statistics.stdev(diffs) / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    if lo > 0 or hi < 0:
+        improved = (hi < 0) == lower_is_better
+        verdict = "better" if improved else "worse"
+    else:
+        verdict = "within noise"
+    return PairedStats(n, mean, lo, hi, verdict, _relative(mean, pairs), diffs)
+
+
+def _relative(mean_diff: float, pairs: Sequence[tuple[float, float]]) -> float:
+    base = statistics.fmean(b for _, b in pairs) if pairs else math.nan
+    return 100.0 * mean_diff / base if pairs and base else math.nan
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values."""
+    v = [float(x) for x in values if _finite(x)]
+    if not v:
+        return math.nan, math.nan, 0
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Model, data split, pretraining
+
+
+class SmallSR(nn.Module):
+    """x2 SR: bicubic upsampling plus a learned residual (the quick start's network)."""
+
+    def __init__(self, width: int = 32, depth: int = 4):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1)]
+        for _ in range(depth):
+            layers += [nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)]
+        layers += [nn.ReLU(), nn.Conv2d(width, 4 * 3, 3, padding=1), nn.PixelShuffle(2)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + self.body(x)
+
+
+@dataclass
+class Split:
+    """Training photos, probe pairs (LQ, HR) and evaluation pairs, with a description for the JSON."""
+
+    train: list[torch.Tensor]
+    probe_lq: list[torch.Tensor]
+    probe_hr: list[torch.Tensor]
+    eval_pairs: list[ImagePair]
+    description: dict[str, Any]
+
+
+def _grey_rgb(arr: Any) -> torch.Tensor:
+    """A scikit-image uint8 array (grey or RGB) as a ``3xHxW`` float tensor in [0, 1]."""
+    t = torch.from_numpy(arr.copy()).float() / 255.0
+    t = t.unsqueeze(-1).expand(*t.shape, 3) if t.ndim == 2 else t[..., :3]
+    return t.permute(2, 0, 1).contiguous()
+
+
+def build_split() -> Split:
+    """The fixed data split described in the module docstring."""
+    import skimage.data
+
+    left, right, _ = skimage.data.stereo_motorcycle()
+    right_t = _grey_rgb(right)
+    probe_boxes = [(y, x) for y in (0, 240) for x in (0, 250, 500)]  # 2x3 grid of 240 px crops in 500x741
+    probe_hr = [right_t[:, y:y + 240, x:x + 240].contiguous() for y, x in probe_boxes]
+    probe_lq = [bicubic_downsample(h.unsqueeze(0), SCALE)[0] for h in probe_hr]
+    eval_images = {"motorcycle_left": _grey_rgb(left)}
+    for name in ("camera", "coins", "grass", "gravel", "brick"):
+        eval_images[name] = _grey_rgb(getattr(skimage.data, name)())
+    eval_pairs = []
+    for name, img in eval_images.items():
+        gt = crop_to_multiple(img, SCALE).contiguous()
+        eval_pairs.append(ImagePair(name, bicubic_downsample(gt.unsqueeze(0), SCALE)[0], gt))
+    description = {
+        "train": list(NATURAL_PHOTOS),
+        "probe": [f"stereo_motorcycle right view [{y}:{y + 240}, {x}:{x + 240}]" for y, x in probe_boxes],
+        "eval": {p.name: list(p.gt.shape[-2:]) for p in eval_pairs},
+        "degradation": f"bicubic x{SCALE} (antialiased)",
+    }
+    return Split(builtin_photos(NATURAL_PHOTOS), probe_lq, probe_hr, eval_pairs, description)
+
+
+def pretrain_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"net": "SmallSR(32,4)", "iters": args.pretrain_iters, "patch": args.patch, "batch": args.batch,
+            "lr": PRETRAIN_LR, "seed": PRETRAIN_SEED, "photos": list(NATURAL_PHOTOS), "torch": torch.__version__}
+
+
+def pretrain(train: Sequence[torch.Tensor], settings: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """L1-only training from scratch: the shared start of every method and seed."""
+    torch.manual_seed(settings["seed"])
+    model = SmallSR()
+    opt = torch.optim.Adam(model.parameters(), settings["lr"])
+    # A stream seed no benchmark seed uses, so the pretraining batches are not replayed later.
+    stream = PatchPairStream(train, SCALE, settings["patch"], settings["batch"], seed=settings["seed"] + 10_000)
+    for _ in range(settings["iters"]):
+        lq, hr = next(stream)
+        loss = F.l1_loss(model(lq), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.state_dict()
+
+
+def cached_pretrain(train: Sequence[torch.Tensor], settings: Mapping[str, Any],
+                    cache_dir: str | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load the pretrained start from the cache, or train it and store it (keyed by its settings)."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir).expanduser() / f"smallsr_l1_{key}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True), {"cache": str(path), "cached": True,
+                                                                          "seconds": 0.0}
+    t = time.perf_counter()
+    state = pretrain(train, settings)
+    seconds = time.perf_counter() - t
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a concurrent run never reads half a file
+    return state, {"cache": str(path) if path else None, "cached": False, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------------------------
+# Methods (agent configs)
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=JSON`` or ``NAME=PATH`` (JSON or YAML, optionally under an ``agent:`` key) -> (name, config)."""
+    name, sep, value = spec.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise ValueError(f"--method wants NAME=PATH_OR_JSON, got {spec!r}")
+    if value.startswith("{"):
+        config = json.loads(value)
+    else:
+        import yaml
+
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--method {name}: {value!r} is neither a JSON object nor a file")
+        config = yaml.safe_load(path.read_text())  # YAML reads JSON too
+    if isinstance(config, Mapping) and "type" not in config and isinstance(config.get("agent"), Mapping):
+        config = config["agent"]
+    if not isinstance(config, Mapping) or "type" not in config:
+        raise ValueError(f"--method {name}: the agent config needs a 'type' field, got {config!r}")
+    return name, dict(config)
+
+
+def agent_options(kind: str) -> list[str]:
+    """The keyword options ``create_agent`` accepts for an agent type."""
+    if kind not in AGENT_REGISTRY:
+        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(AGENT_REGISTRY)}")
+    return [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
+
+
+def backend_from_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The backend every LLM-based method gets unless its config names one (None: embedded SmolLM2)."""
+    threads = {"n_threads": args.threads} if args.threads else {}
+    if args.gguf:
+        return {"type": "llama_cpp", "model_path": str(Path(args.gguf).expanduser()), **threads}
+    if args.openai_url:
+        return {"type": "openai", "base_url": args.openai_url, "model": args.openai_model}
+    if threads:
+        from agentloss.backends.defaults import default_backend_config
+
+        return {**default_backend_config(), **threads}
+    return None
+
+
+def resolve_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Method name -> agent config template (``seed`` is filled in per run); validated before any work."""
+    extra = dict(parse_method_spec(s) for s in args.method or [])
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    names += [n for n in extra if n not in names]
+    backend = None
+    methods: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise ValueError(f"method name {name!r}: use letters, digits and _.+- (it names a run directory)")
+        if name not in extra and name not in BUILTIN_METHODS:
+            raise ValueError(f"unknown method {name!r}: built-in {sorted(BUILTIN_METHODS)}, or add --method {name}=...")
+        config = dict(extra.get(name) or BUILTIN_METHODS[name])
+        allowed = agent_options(config["type"])
+        unknown = [k for k in config if k != "type" and k not in allowed]
+        if unknown:
+            raise ValueError(f"method {name!r}: unknown option(s) {unknown} for agent type {config['type']!r}")
+        if "needs" in allowed:
+            config.setdefault("needs", NEEDS)
+        if "backend" in allowed and "backend" not in config:
+            backend = backend if backend is not None else backend_from_flags(args)
+            config["backend"] = backend
+        methods[name] = config
+    return methods
+
+
+def agent_config_for_seed(config: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    cfg = dict(config)
+    if "seed" in agent_options(cfg["type"]):
+        cfg.setdefault("seed", seed)  # e.g. Random draws a different sequence per seed index
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# One run, and the final evaluation
+
+
+def evaluate_model(model: nn.Module, pairs: Sequence[ImagePair], niqe_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """NIQE and PSNR_Y per evaluation image; a NIQE that raises is recorded as NaN with its error."""
+    t = time.perf_counter()
+    psnr = evaluate(model, pairs, SCALE, metrics=("psnr",), device="cpu").per_image
+    per_image: dict[str, dict[str, float]] = {}
+    errors: dict[str, str] = {}
+    for pair in pairs:
+        try:  # one image at a time: pyiqa's NIQE raises LinAlgError on a flat, collapsed output
+            niqe = evaluate(model, [pair], SCALE, metrics=("niqe",), device="cpu",
+                            metric_kwargs={"niqe": dict(niqe_kwargs)}).per_image[pair.name]["niqe"]
+        except Exception as e:  # noqa: BLE001 - recorded; the benchmark goes on
+            niqe = math.nan
+            errors[pair.name] = f"{type(e).__name__}: {e}"
+        per_image[pair.name] = {"niqe": niqe, "psnr_y": psnr[pair.name]["psnr"]}
+    # Any failed image makes the mean missing: dropping it would reward the collapse.
+    mean = {m: (math.nan if any(not _finite(s[m]) for s in per_image.values())
+                else statistics.fmean(s[m] for s in per_image.values())) for m in METRICS}
+    return {"per_image": per_image, "mean": mean, "niqe_errors": errors, "seconds": time.perf_counter() - t}
+
+
+def stage_summary(rec: al.StageRecord) -> dict[str, Any]:
+    """The parts of a stage record the result file keeps (the full records are in the run dir)."""
+    return {"stage": rec.stage, "iteration": rec.iteration, "weights": rec.weights, "next_weights": rec.next_weights,
+            "scores": rec.scores, "per_image": rec.per_image, "fallback": rec.fallback, "errors": rec.errors,
+            "timings": rec.timings}
+
+
+def sum_timings(records: Sequence[al.StageRecord]) -> dict[str, float]:
+    def total(*keys: str) -> float:
+        return float(sum(r.timings.get(k, 0.0) for r in records for k in keys))
+    return {"train_s": total("train_s"), "scoring_s": total("restore_s", "score_s"), "agent_s": total("agent_s")}
+
+
+def fmt_weights(w: Mapping[str, float] | None) -> str:
+    return ":".join(f"{v:.3g}" for v in (w or {}).values())
+
+
+def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Namespace, start: Mapping[str, Any],
+            split: Split, niqe_kwargs: Mapping[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Train from the shared start with one agent and one seed; return its record for the JSON."""
+    t_run = time.perf_counter()
+    model = SmallSR()
+    model.load_state_dict(start)
+    torch.manual_seed(seed)  # the same GAN discriminator init for every method at this seed
+    loss_fn = al.AgentWeightedLoss(INITIAL_WEIGHTS, terms=TERM_OPTIONS, constraints=args.constraints)
+    agent = al.create_agent(agent_config_for_seed(config, seed))
+    objectives = [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")]
+    run_dir = Path(args.run_dir) / method / f"seed{seed}"
+    sched = al.StageScheduler(loss_fn, agent, objectives, model, split.probe_lq, probe_references=split.probe_hr,
+                              stage_length=args.stage_iters, total_stages=args.stages, run_dir=run_dir)
+    opt = torch.optim.Adam(model.parameters(), TRAIN_LR)
+    stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed)
+    tag = f"[{method} seed {seed}]"
+    s0 = sched.start()
+    log(f"{tag} S0 probe: {_fmt_scores(s0.scores)}")
+    for _ in range(args.stage_iters * args.stages):
+        lq, hr = next(stream)
+        loss = loss_fn(model(lq), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (rec := sched.step()) is not None:
+            fb = f"  (fallback: {rec.fallback})" if rec.fallback else ""
+            log(f"{tag} stage {rec.stage}/{args.stages}: probe {_fmt_scores(rec.scores)} "
+                f"weights {fmt_weights(rec.weights)} -> {fmt_weights(rec.next_weights)}  "
+                f"({rec.timings.get('train_s', 0):.1f} s train, {rec.timings.get('agent_s', 0):.1f} s agent){fb}")
+    ev = evaluate_model(model, split.eval_pairs, niqe_kwargs)
+    failed = f"  NIQE failed on {sorted(ev['niqe_errors'])}" if ev["niqe_errors"] else ""
+    log(f"{tag} eval: {_fmt_scores(ev['mean'])}{failed}  ({time.perf_counter() - t_run:.0f} s)")
+    close = getattr(getattr(agent, "backend", None), "close", None)
+    if callable(close):
+        close()  # free the LLM before the next run loads it again
+    return {"seed": seed, "agent_config": agent_config_for_seed(config, seed), "eval": ev,
+            "stages": [stage_summary(r) for r in sched.history], "final_weights": sched.history[-1].weights,
+            "fallbacks": sum(r.fallback is not None for r in sched.history),
+            "timings": {**sum_timings(sched.history), "eval_s": ev["seconds"]},
+            "wall_s": time.perf_counter() - t_run, "run_dir": str(run_dir)}
+
+
+def _fmt_scores(scores: Mapping[str, float | None]) -> str:
+    return " ".join(f"{k}={v:.3f}" if _finite(v) else f"{k}=n/a" for k, v in scores.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def summarize(results: Mapping[str, Any], baseline: str = "fixed") -> dict[str, Any]:
+    """Per method: mean/std of the final eval scores; paired statistics against the baseline."""
+    lower = {"niqe": True, "psnr_y": False}
+    summary: dict[str, Any] = {}
+    base_runs = {r["seed"]: r for r in results["methods"].get(baseline, {}).get("runs", [])}
+    for method, data in results["methods"].items():
+        runs = data["runs"]
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs],
+                                 "niqe_failures": sum(len(r["eval"]["niqe_errors"]) for r in runs)}
+        for m in METRICS:
+            mean, std, n = mean_std([r["eval"]["mean"][m] for r in runs])
+            entry[m] = {"mean": mean, "std": std, "n": n}
+        if method != baseline and base_runs:
+            paired = [(r, base_runs[r["seed"]]) for r in runs if r["seed"] in base_runs]
+            entry["paired_seeds"] = [r["seed"] for r, _ in paired]
+            entry["vs_" + baseline] = {
+                m: asdict(paired_interval([r["eval"]["mean"][m] for r, _ in paired],
+                                          [b["eval"]["mean"][m] for _, b in paired], lower[m]))
+                for m in METRICS}
+        entry["timings"] = {k: sum(r["timings"][k] for r in runs) for k in ("train_s", "scoring_s", "agent_s", "eval_s")}
+        entry["wall_s"] = sum(r["wall_s"] for r in runs)
+        summary[method] = entry
+    return summary
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    return "n/a" if not _finite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _ci(s: Mapping[str, Any], digits: int) -> str:
+    if not _finite(s["lo"]):
+        return f"{s['mean']:+.{digits}f} [n/a]" if _finite(s["mean"]) else "n/a"
+    return f"{s['mean']:+.{digits}f} [{s['lo']:+.{digits}f}, {s['hi']:+.{digits}f}]"
+
+
+def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], baseline: str = "fixed") -> str:
+    lines: list[str] = []
+    n_eval = len(results["split"]["eval"])
+    lines.append(f"\n## Final evaluation: {n_eval} images never trained on nor probed "
+                 f"(mean over images; mean ± std over seeds)")
+    lines.append(f"{'method':<14} {'seeds':>5} {'NIQE ↓':>17} {'PSNR_Y ↑ dB':>17} {'NIQE failed':>11}")
+    s0 = results["start"]["eval"]["mean"]
+    lines.append(f"{'start (S0)':<14} {'':>5} {_fmt(s0['niqe'], 3):>17} {_fmt(s0['psnr_y'], 3):>17}")
+    for method, e in summary.items():
+        lines.append(f"{method:<14} {len(e['seeds']):>5} {_pm(e['niqe']['mean'], e['niqe']['std'], 3):>17} "
+                     f"{_pm(e['psnr_y']['mean'], e['psnr_y']['std'], 3):>17} {e['niqe_failures']:>11}")
+    if any(e["niqe_failures"] for e in summary.values()):
+        lines.append("NIQE failed = images whose NIQE raised (flat, collapsed output): recorded as NaN; "
+                     "a seed with one counts as missing in the NIQE mean and the paired statistics.")
+    key = "vs_" + baseline
+    compared = {m: e for m, e in summary.items() if key in e}
+    if not compared:
+        lines.append(f"\n(no paired comparison: method {baseline!r} was not run)")
+    else:
+        lines.append(f"\n## Paired difference vs {baseline} (same seed): mean [95 % Student-t interval]")
+        lines.append(f"{'method':<14} {'n':>2} {'ΔNIQE':>26} {'ΔNIQE %':>8} {'NIQE verdict':>13} "
+                     f"{'ΔPSNR_Y dB':>26} {'PSNR verdict':>13}")
+        for method, e in compared.items():
+            n, p = e[key]["niqe"], e[key]["psnr_y"]
+            rel = f"{n['relative_pct']:+.1f} %" if _finite(n["relative_pct"]) else "n/a"
+            lines.append(f"{method:<14} {n['n']:>2} {_ci(n, 3):>26} {rel:>8} {n['verdict']:>13} "
+                         f"{_ci(p, 3):>26} {p['verdict']:>13}")
+        lines.append("verdict: better/worse when the interval excludes 0 (NIQE lower = better, PSNR higher = better)")
+        lines.append(f"\n## Per-seed differences vs {baseline} (ΔNIQE / ΔPSNR_Y dB)")
+        base = {r["seed"]: r["eval"]["mean"] for r in results["methods"][baseline]["runs"]}
+        seeds = sorted(base)
+        lines.append(f"{'method':<14} " + " ".join(f"{'seed ' + str(s):>17}" for s in seeds))
+        for method in compared:
+            mine = {r["seed"]: r["eval"]["mean"] for r in results["methods"][method]["runs"]}
+            cells = []
+            for s in seeds:
+                if s not in mine:
+                    cells.append(f"{'-':>17}")
+                    continue
+                dn, dp = mine[s]["niqe"] - base[s]["niqe"], mine[s]["psnr_y"] - base[s]["psnr_y"]
+                cells.append(f"{_fmt(dn, 3, '+')} / {_fmt(dp, 3, '+')}".rjust(17))
+            lines.append(f"{method:<14} " + " ".join(cells))
+    lines.append("\n## Time per method (s, summed over seeds): training, scoring (probe restore+score), agent, final eval")
+    lines.append(f"{'method':<14} {'train':>8} {'scoring':>8} {'agent':>8} {'eval':>7} {'wall':>8} {'per run':>8}")
+    for method, e in summary.items():
+        t = e["timings"]
+        per_run = e["wall_s"] / max(1, len(e["seeds"]))
+        lines.append(f"{method:<14} {t['train_s']:>8.1f} {t['scoring_s']:>8.1f} {t['agent_s']:>8.1f} "
+                     f"{t['eval_s']:>7.1f} {e['wall_s']:>8.1f} {per_run:>8.1f}")
+    pre = results["start"]["pretrain"]
+    pre_time = "cached" if pre["cached"] else f"{pre['seconds']:.1f} s"
+    lines.append(f"pretraining: {pre_time}; S0 evaluation {results['start']['eval']['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None, digits: int, sign: str = "") -> str:
+    return f"{x:{sign}.{digits}f}" if _finite(x) else "n/a"
+
+
+def plot_results(results: Mapping[str, Any], path: Path) -> None:
+    """Left: eval NIQE vs PSNR_Y, one point per seed; right: mean final weights per method (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    s0 = results["start"]["eval"]["mean"]
+    ax1.scatter([s0["psnr_y"]], [s0["niqe"]], marker="*", s=160, c="k", label="start (S0)")
+    methods = list(results["methods"])
+    names = list(INITIAL_WEIGHTS)
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        runs = results["methods"][method]["runs"]
+        pts = [(r["eval"]["mean"]["psnr_y"], r["eval"]["mean"]["niqe"]) for r in runs]
+        pts = [(p, n) for p, n in pts if _finite(p) and _finite(n)]
+        ax1.scatter([p for p, _ in pts], [n for _, n in pts], label=method, alpha=0.8)
+        means = [statistics.fmean(r["final_weights"][k] for r in runs) if runs else 0.0 for k in names]
+        ax2.bar([j + i * width for j in range(len(names))], means, width, label=method)
+    ax1.set_xlabel("eval PSNR_Y (dB, higher is better)")
+    ax1.set_ylabel("eval NIQE  (lower is better)")
+    ax1.set_title("final evaluation, one point per seed")
+    ax1.legend(fontsize=8)
+    ax2.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(names))], names)
+    ax2.set_yscale("log")
+    ax2.set_title("weights of the last stage (mean over seeds)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    return obj
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(json_safe(data), indent=1))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="fixed,random,llm-paper",
+                    help=f"comma-separated; built-in: {', '.join(BUILTIN_METHODS)}")
+    ap.add_argument("--method", action="append", metavar="NAME=PATH_OR_JSON",
+                    help="add a method from an agent config (JSON string or JSON/YAML file); repeatable")
+    for flag, help_ in (("--seeds", "number of seeds (0..N-1)"), ("--stages", "stages per run"),
+                        ("--stage-iters", "iterations per stage"), ("--batch", "patches per batch"),
+                        ("--patch", "HR patch size (px)"), ("--pretrain-iters", "L1 pretraining iterations")):
+        key = flag[2:].replace("-", "_")
+        ap.add_argument(flag, type=int, default=None, help=f"{help_} (default {DEFAULTS[key]}, --quick {QUICK[key]})")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    ap.add_argument("--max-weight", type=float, default=10.0, help="WeightConstraints.max_weight")
+    ap.add_argument("--max-step", type=float, default=2.0, help="WeightConstraints.max_step (factor per stage)")
+    ap.add_argument("--out", default="benchmarks/results/quality.json", help="JSON results; quality.png beside it")
+    ap.add_argument("--run-dir", default="runs/bench_quality", help="stage records go to RUN_DIR/<method>/seed<k>")
+    ap.add_argument("--niqe-params", default=None,
+                    help=f"niqe_modelparameters.mat (default: {DEFAULT_NIQE_PARAMS} if present, else pyiqa's download)")
+    ap.add_argument("--cache-dir", default="~/.cache/agentloss-bench", help="pretrained start cache ('' = none)")
+    ap.add_argument("--torch-threads", type=int, default=2)
+    ap.add_argument("--gguf", help="a GGUF chat model for every LLM-based method")
+    ap.add_argument("--openai-url", help="an OpenAI-compatible endpoint for every LLM-based method")
+    ap.add_argument("--openai-model", default="default")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads for LLM-based methods")
+    args = ap.parse_args(argv)
+    if args.gguf and args.openai_url:
+        ap.error("--gguf and --openai-url exclude each other")
+    preset = QUICK if args.quick else DEFAULTS
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if min(args.seeds, args.stages, args.stage_iters, args.batch) < 1 or args.pretrain_iters < 0:
+        ap.error("--seeds, --stages, --stage-iters and --batch must be positive")
+    if args.patch % SCALE:
+        ap.error(f"--patch must be a multiple of {SCALE}")
+    args.constraints = al.WeightConstraints(max_weight=args.max_weight, max_step=args.max_step)
+    return args
+
+
+def niqe_kwargs_for(args: argparse.Namespace) -> dict[str, Any]:
+    if args.niqe_params:
+        if not Path(args.niqe_params).is_file():
+            raise FileNotFoundError(f"--niqe-params {args.niqe_params!r} is not a file")
+        return {"pretrained_model_path": str(args.niqe_params)}
+    return {"pretrained_model_path": str(DEFAULT_NIQE_PARAMS)} if DEFAULT_NIQE_PARAMS.is_file() else {}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    methods = resolve_methods(args)  # bad configs fail here, before any training
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    niqe_kwargs = niqe_kwargs_for(args)
+    split = build_split()
+    settings = {k: getattr(args, k) for k in ("seeds", "stages", "stage_iters", "batch", "patch", "pretrain_iters",
+                                                "quick", "torch_threads", "run_dir")}
+    settings.update(initial_weights=INITIAL_WEIGHTS, terms=TERM_OPTIONS, constraints=args.constraints.to_dict(),
+                    needs=NEEDS, lr=TRAIN_LR, niqe_params=niqe_kwargs.get("pretrained_model_path"),
+                    argv=list(sys.argv[1:] if argv is None else argv))
+    pre_settings = pretrain_settings(args)
+    log(f"pretraining SmallSR with L1 ({args.pretrain_iters} iterations, or from the cache) ...")
+    start, pre_info = cached_pretrain(split.train, pre_settings, args.cache_dir or None)
+    seconds = pre_info["seconds"]
+    log(f"  loaded from {pre_info['cache']}" if pre_info["cached"] else f"  trained in {seconds:.0f} s")
+    s0_model = SmallSR()
+    s0_model.load_state_dict(start)
+    s0_eval = evaluate_model(s0_model, split.eval_pairs, niqe_kwargs)
+    log(f"start (S0) eval: {_fmt_scores(s0_eval['mean'])}")
+    out = Path(args.out)
+    results: dict[str, Any] = {
+        "settings": settings, "split": split.description,
+        "start": {"pretrain": {**pre_info, "settings": pre_settings}, "eval": s0_eval},
+        "methods": {name: {"config": cfg, "runs": []} for name, cfg in methods.items()},
+    }
+    for seed in range(args.seeds):  # seeds outside: a partial file still holds complete pairs
+        for name, cfg in methods.items():
+            run = run_one(name, cfg, seed, args, start, split, niqe_kwargs, log)
+            results["methods"][name]["runs"].append(run)
+            write_json(out, results)
+    summary = summarize(results)
+    results["summary"] = summary
+    write_json(out, results)
+    plot_results(results, out.with_name("quality.png"))
+    log(format_report(results, summary))
+    log(f"\nresults: {out}; plot: {out.with_name('quality.png')}; stage records: {args.run_dir}/<method>/seed<k>/")
+    return results
+
+
+if __name__ == "__main__":
+    main()
