@@ -103,6 +103,8 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
     "fixed": {"type": "fixed"},
     "random": {"type": "random"},
     "llm-paper": {"type": "llm"},  # default templates: the paper's three-part prompt
+    "guided": {"type": "guided"},  # numbers propose, the LLM chooses and explains, a PSNR guard
+    "guided-numbers": {"type": "guided", "backend": "none"},  # the same without a language model (ablation)
 }
 DEFAULTS: dict[str, Any] = {"seeds": 5, "stages": 8, "stage_iters": 125, "batch": 8, "patch": 48,
                             "pretrain_iters": 2000}
@@ -629,7 +631,9 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="fixed,random,llm-paper",
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine result files of the same settings (e.g. methods run in two processes) and report")
+    ap.add_argument("--methods", default="fixed,random,llm-paper,guided",
                     help=f"comma-separated; built-in: {', '.join(BUILTIN_METHODS)}")
     ap.add_argument("--method", action="append", metavar="NAME=PATH_OR_JSON",
                     help="add a method from an agent config (JSON string or JSON/YAML file); repeatable")
@@ -674,8 +678,40 @@ def niqe_kwargs_for(args: argparse.Namespace) -> dict[str, Any]:
     return {"pretrained_model_path": str(DEFAULT_NIQE_PARAMS)} if DEFAULT_NIQE_PARAMS.is_file() else {}
 
 
+def merge_results(paths: Sequence[str]) -> dict[str, Any]:
+    """One result set from files made with the same settings (the methods of each are added)."""
+    merged: dict[str, Any] | None = None
+    keys = ("seeds", "stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints")
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if merged is None:
+            merged = {k: v for k, v in data.items() if k != "summary"}
+            merged["merged_from"] = [str(path)]
+            continue
+        diff = [k for k in keys if data["settings"].get(k) != merged["settings"].get(k)]
+        if diff:
+            raise ValueError(f"{path}: settings {diff} differ from {merged['merged_from'][0]}; cannot pair its runs")
+        for name, m in data["methods"].items():
+            if name in merged["methods"]:
+                raise ValueError(f"{path}: method {name!r} is already in {merged['merged_from']}")
+            merged["methods"][name] = m
+        merged["merged_from"].append(str(path))
+    if merged is None:
+        raise ValueError("nothing to merge")
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge:
+        results = merge_results(args.merge)
+        results["summary"] = summarize(results)
+        out = Path(args.out)
+        write_json(out, results)
+        plot_results(results, out.with_name("quality.png"))
+        print(format_report(results, results["summary"]))
+        print(f"\nresults: {out}; plot: {out.with_name('quality.png')}")
+        return results
     torch.set_num_threads(args.torch_threads)
     methods = resolve_methods(args)  # bad configs fail here, before any training
 

@@ -83,7 +83,8 @@ def test_guard_broken_offers_only_moves_back():
     allowed = [c for c in ranked if c.vetoed is None]
     assert allowed and all(c.log_change.get("gan", 0) <= 0 for c in allowed) and all(c.log_change for c in allowed)
     assert {c.action for c in allowed} == {"lower gan /1.6", "raise fft x1.6"}  # back to start, or more fidelity
-    assert agent.propose(context(hist)).weights["gan"] < 0.02
+    chosen = agent.propose(context(hist)).info["chosen"]["action"]
+    assert chosen in {"lower gan /1.6", "raise fft x1.6"}
 
 
 class Scripted:

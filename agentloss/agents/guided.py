@@ -9,8 +9,10 @@ extremes). This agent splits the work:
    with standard errors, plus the drift at constant weights.
 2. **Proposals** — a numeric optimiser over log-weights (guarded coordinate search): keep, or move
    one tunable weight one step up or down. Each move's effect is predicted from the facts; a move
-   never tried is predicted from its loss's role (perceptual and adversarial terms are expected to
-   help no-reference quality and cost fidelity; fidelity terms the reverse) with wide uncertainty.
+   never tried gets a wide uncertainty, an optimism bonus, and for the guarded objectives the
+   direction its loss's role implies (texture terms cost fidelity). Among equally promising
+   untried moves the one safest for the guards goes first ("fidelity-first exploration"), then
+   the measurements lead.
 3. **Guard** — each guarded objective (by default PSNR/SSIM when present, ``budget`` below its S0
    value) must stay above its floor in a pessimistic prediction; moves that would break it are
    vetoed, and when the floor is already broken only moves back towards the initial weights (or
@@ -92,7 +94,10 @@ class GuidedAgent(BaseAgent):
         step: the multiplicative move per stage (clipped further by the constraints' ``max_step``).
         noise: the primary objective's stage-to-stage noise (its units); gains are measured in it.
             Default: estimated from the history, at least 2 % of the S0 value.
-        prior: the expected gain (in noise units) of a move never tried, in its role's direction.
+        prior: for guarded (fidelity) objectives, the expected change (in noise units) of a move never
+            tried, in its loss role's direction: adding texture terms costs PSNR at any scale.
+        goal_prior: the same for the primary objective; 0 by default because whether a GAN or
+            perceptual term helps NIQE depends on the scale (at toy scale a GAN term *raises* NIQE).
         explore: optimism per unit of standard error for little-tried moves.
         max_candidates: proposals shown to the model (the best ranked, always including "keep").
     """
@@ -101,7 +106,8 @@ class GuidedAgent(BaseAgent):
 
     def __init__(self, backend: Any = None, needs: str | None = None, primary: str | None = None,
                  guards: Mapping[str, float] | None = None, tune: list[str] | None = None, step: float = 1.6,
-                 noise: float | None = None, prior: float = 0.5, explore: float = 0.3, max_candidates: int = 3,
+                 noise: float | None = None, prior: float = 0.5, goal_prior: float = 0.0, explore: float = 0.3,
+                 max_candidates: int = 3,
                  max_tries: int = 2, max_tokens: int = 120, temperature: float = 0.0, seed: int | None = 0,
                  use_grammar: bool = True, roles: Mapping[str, str] | None = None):
         if step <= 1.0:
@@ -115,6 +121,7 @@ class GuidedAgent(BaseAgent):
         self.step = float(step)
         self.noise = noise
         self.prior = float(prior)
+        self.goal_prior = float(goal_prior)
         self.explore = float(explore)
         self.max_candidates = int(max_candidates)
         self.max_tries = int(max_tries)
@@ -221,10 +228,11 @@ class GuidedAgent(BaseAgent):
                 eff = effects[n]
                 pred = eff.predict(dx)
                 se = eff.predict_se(dx) if eff.n > len(tune) + 1 else noise[n]
-                for t, v in dx.items():  # little-tried weights: the role's prior direction, wide error
+                for t, v in dx.items():  # little-tried weights: wide error, and for guards the role's direction
                     if tried.get(t, 0) < 2:
+                        prior = self.prior if n in guards else self.goal_prior
                         sign = self._expected_sign(t, infos[n]) * (1 if infos[n].higher_is_better else -1)
-                        pred += sign * self.prior * noise[n] * (v / ls) * (1 - tried.get(t, 0) / 2)
+                        pred += sign * prior * noise[n] * (v / ls) * (1 - tried.get(t, 0) / 2)
                         se = math.hypot(se, noise[n])
                 c.predicted[n], c.uncertainty[n] = pred, se
             keep = out[0] if out else c
@@ -256,7 +264,13 @@ class GuidedAgent(BaseAgent):
             out.append(c)
         if broken and all(c.vetoed for c in out[1:]):
             out[0].vetoed = None  # nothing leads back: keeping is the least harm
-        ranked = sorted(out, key=lambda c: (c.vetoed is not None, -c.gain))
+        def guard_margin(c: Candidate) -> float:  # ties (nothing measured yet): the move safest for the guards
+            return sum((c.predicted[g] if infos[g].higher_is_better else -c.predicted[g]) / noise[g] for g in guards)
+
+        if broken:  # repair first: the move expected to bring the guards back the most
+            ranked = sorted(out, key=lambda c: (c.vetoed is not None, -guard_margin(c), -c.gain))
+        else:
+            ranked = sorted(out, key=lambda c: (c.vetoed is not None, -round(c.gain, 6), -guard_margin(c)))
         for i, c in enumerate(ranked):
             c.label = chr(ord("A") + i)
         facts = {
@@ -394,7 +408,8 @@ def guided_messages(ctx: DecisionContext, shown: list[Candidate], facts: dict[st
     options = []
     for c in shown:
         pred = ", ".join(f"{o} {_pm(c.predicted[o], c.uncertainty[o])}" for o in shown_objectives if o in c.predicted)
-        options.append(f"{c.label}) {c.action} -> {':'.join(f'{c.weights[n]:.3g}' for n in names)}: {pred}")
+        mark = "  [recommended by the measurements]" if c is shown[0] else ""
+        options.append(f"{c.label}) {c.action} -> {':'.join(f'{c.weights[n]:.3g}' for n in names)}: {pred}{mark}")
     guards = [{"name": g, "higher": infos[g].higher_is_better, "floor": _g(st["floor"]), "s0": _g(st["s0"]),
                "now": _g(st["now"]), "broken": st["broken"]} for g, st in facts["guards"].items()]
     goal = (needs or f"{'raise' if facts['primary_higher_is_better'] else 'lower'} {p}").strip()
