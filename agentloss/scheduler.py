@@ -42,6 +42,7 @@ from .agents.base import Agent, DecisionContext, agent_state, describe_agent, lo
 from .constraints import WeightError, validate_weights
 from .objectives import Objective
 from .records import RecordWriter, StageRecord
+from .trials import SnapshotTrials
 from .weighted_loss import AgentWeightedLoss
 
 log = logging.getLogger("agentloss")
@@ -115,6 +116,8 @@ class StageScheduler:
         run_dir: where ``stages.jsonl`` and ``run.json`` are written (``None``: in memory only).
         clamp: clamp restored images to [0, 1] before scoring (objectives expect that range).
         callbacks: functions called with each new ``StageRecord`` (logging, plotting...).
+        trials: a :class:`~agentloss.trials.SnapshotTrials` (your optimiser and a separate batch
+            stream): agents may then try candidate weightings for a few steps before choosing.
 
     S0, the initial state, is scored before the first update: ``start()`` runs automatically on the
     first forward of ``loss_fn`` (or the first ``step()``), or call it yourself.
@@ -135,6 +138,7 @@ class StageScheduler:
         restore_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
         clamp: bool = True,
         callbacks: Sequence[Callable[[StageRecord], Any]] = (),
+        trials: SnapshotTrials | None = None,
     ):
         if not isinstance(loss_fn, AgentWeightedLoss):
             raise TypeError(f"loss_fn must be an AgentWeightedLoss, got {type(loss_fn).__name__}")
@@ -166,6 +170,7 @@ class StageScheduler:
         self.restore_fn = restore_fn or (lambda m, x: m(x))
         self.clamp = clamp
         self.callbacks = list(callbacks)
+        self.trials = trials
         self.writer = RecordWriter(run_dir) if run_dir is not None else None
         self.rank, self.world_size = _dist_world()
         self.iteration = 0
@@ -303,6 +308,7 @@ class StageScheduler:
             total_stages=self.total_stages,
             stage_length=self.stage_length,
             feedback=list(self.feedback),
+            trial=self._trial if self.trials is not None else None,
         )
         t = time.perf_counter()
         try:
@@ -328,6 +334,19 @@ class StageScheduler:
         if notes:
             record.decision["clipped"] = notes
         return weights
+
+    def _trial(self, candidates: list[dict[str, float]], steps: int | None = None) -> list[dict[str, float | None]]:
+        """Probe scores of each weighting after a few steps from the current state (see ``trials``)."""
+        assert self.trials is not None
+        for w in candidates:
+            self.loss_fn.constraints.check_bounds(validate_weights(w, self.loss_fn.names))
+
+        def score() -> dict[str, float | None]:
+            rec = StageRecord(stage=-1, iteration=self.iteration, weights=self.loss_fn.weights)
+            self._evaluate(rec)
+            return dict(rec.scores)
+
+        return self.trials.run(candidates, self.model, self.loss_fn, score, steps)
 
     def _finish(self, record: StageRecord, new_weights: dict[str, float]) -> None:
         """Share the decision with every rank, apply it, record it, start timing the next stage."""
@@ -398,6 +417,7 @@ class StageScheduler:
             "initial_weights": dict(self.initial_weights),
             "feedback": list(self.feedback),
             "agent": agent_state(self.agent),
+            "trials": self.trials.state_dict() if self.trials is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -414,6 +434,8 @@ class StageScheduler:
         self.feedback = list(state.get("feedback", []))
         self.loss_fn.set_weights(state["weights"])
         load_agent_state(self.agent, state.get("agent", {}))
+        if self.trials is not None and state.get("trials"):
+            self.trials.load_state_dict(state["trials"])
         if self.writer is not None and self.rank == 0:
             self.writer.truncate_after(self.stage)
         self._t_stage_start = time.perf_counter()

@@ -91,6 +91,7 @@ from agentloss.agents.factory import AGENT_REGISTRY
 from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.datasets.benchmarks import ImagePair
 from agentloss.datasets.evaluation import evaluate
+from agentloss.trials import SnapshotTrials
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2
@@ -105,6 +106,8 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
     "llm-paper": {"type": "llm"},  # default templates: the paper's three-part prompt
     "guided": {"type": "guided"},  # numbers propose, the LLM chooses and explains, a PSNR guard
     "guided-numbers": {"type": "guided", "backend": "none"},  # the same without a language model (ablation)
+    # Guided, plus "keep" and the two best moves tried for 15 iterations from a snapshot at each stage end.
+    "guided-trials": {"type": "guided", "trials": 2, "trial_steps": 15},
 }
 DEFAULTS: dict[str, Any] = {"seeds": 5, "stages": 8, "stage_iters": 125, "batch": 8, "patch": 48,
                             "pretrain_iters": 2000}
@@ -438,9 +441,14 @@ def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Na
     agent = al.create_agent(agent_config_for_seed(config, seed))
     objectives = [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")]
     run_dir = Path(args.run_dir) / method / f"seed{seed}"
-    sched = al.StageScheduler(loss_fn, agent, objectives, model, split.probe_lq, probe_references=split.probe_hr,
-                              stage_length=args.stage_iters, total_stages=args.stages, run_dir=run_dir)
     opt = torch.optim.Adam(model.parameters(), TRAIN_LR)
+    trials = None
+    if int(config.get("trials", 0) or 0) > 0:
+        # Trials draw their own batches (another seed): the training stream stays the one Fixed sees.
+        trial_stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed + 1_000_003)
+        trials = SnapshotTrials(opt, trial_stream, steps=int(config.get("trial_steps") or 20))
+    sched = al.StageScheduler(loss_fn, agent, objectives, model, split.probe_lq, probe_references=split.probe_hr,
+                              stage_length=args.stage_iters, total_stages=args.stages, run_dir=run_dir, trials=trials)
     stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed)
     tag = f"[{method} seed {seed}]"
     s0 = sched.start()
@@ -466,6 +474,7 @@ def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Na
             "stages": [stage_summary(r) for r in sched.history], "final_weights": sched.history[-1].weights,
             "fallbacks": sum(r.fallback is not None for r in sched.history),
             "timings": {**sum_timings(sched.history), "eval_s": ev["seconds"]},
+            "trial_iterations": trials.iterations if trials is not None else 0,
             "wall_s": time.perf_counter() - t_run, "run_dir": str(run_dir)}
 
 

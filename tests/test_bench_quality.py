@@ -107,6 +107,17 @@ def test_quick_run_end_to_end(bq, tmp_path, niqe_params, capsys):
     assert list((tmp_path / "cache").glob("smallsr_l1_*.pt"))  # the start is cached ...
     again = bq.cached_pretrain([], results["start"]["pretrain"]["settings"], str(tmp_path / "cache"))
     assert again[1]["cached"]  # ... and reused without training (no photos needed)
+    # Methods run in two processes merge into one paired report.
+    for m in ("fixed", "random"):
+        part = {**data, "methods": {m: data["methods"][m]}}
+        (tmp_path / f"{m}.json").write_text(json.dumps(part))
+    merged = bq.main(["--merge", str(tmp_path / "fixed.json"), str(tmp_path / "random.json"),
+                      "--out", str(tmp_path / "merged.json")])
+    assert merged["summary"]["random"]["vs_fixed"] == data["summary"]["random"]["vs_fixed"]
+    bad = {**data, "settings": {**data["settings"], "stages": 5}, "methods": {"x": data["methods"]["random"]}}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="stages"):
+        bq.merge_results([str(tmp_path / "fixed.json"), str(tmp_path / "bad.json")])
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pyiqa on a flat image: cov() of one sample

@@ -143,3 +143,58 @@ def test_guided_with_real_llama_cpp_and_grammar(tmp_path):
     d = agent.propose(context(_two_stage_history()))
     # A random-weight model answers noise, but the grammar makes it a valid choice of a shown option.
     assert d.info["llm_fallback"] is None and d.weights in [c["weights"] for c in d.info["shown"]]
+
+
+def test_trials_rank_moves_by_the_measured_paired_improvement():
+    calls = []
+
+    def trial(weightings, steps):
+        calls.append((weightings, steps))
+        # keep -> 5.90; the second move measured best; the first crosses the PSNR floor.
+        return [{"niqe": 5.90, "psnr_y": 30.0}, {"niqe": 5.70, "psnr_y": 29.5}, {"niqe": 5.80, "psnr_y": 30.0}]
+
+    ctx = context(_two_stage_history())
+    ctx.trial = trial
+    d = GuidedAgent(backend="none", trials=2, trial_steps=7).propose(ctx)
+    assert len(calls) == 1 and calls[0][1] == 7 and calls[0][0][0] == ctx.current_weights  # keep is the reference
+    results = d.info["trials"]["results"]
+    assert [r["scores"]["niqe"] for r in results] == [5.90, 5.70, 5.80]
+    assert d.weights == calls[0][0][2] and d.info["chosen"]["trial"]["niqe"] == 5.80  # the floor vetoed the better one
+    assert any("in the trial psnr_y reached 29.5" in v["why"] for v in d.info["vetoed"]) or \
+        all(c["trial"] is None or c["trial"]["psnr_y"] != 29.5 for c in d.info["shown"])
+
+
+def test_scheduler_trials_restore_training_exactly():
+    import torch
+
+    import agentloss as al
+    from agentloss.trials import SnapshotTrials
+
+    def run(with_trial: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+        loss_fn = al.AgentWeightedLoss({"l1": 1.0, "fft": 0.1, "gan": 0.01}, terms={"gan": {"width": 8, "depth": 1}})
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        g = torch.Generator().manual_seed(1)
+        trial_batches = iter(lambda: (torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)), None)
+        trials = SnapshotTrials(opt, trial_batches, steps=2) if with_trial else None
+        psnr = al.CallableObjective(lambda x, r: -float((x - r).abs().mean()), name="neg_l1", higher_is_better=True,
+                                    needs_reference=True)
+        sched = al.StageScheduler(loss_fn, al.FixedAgent(), [psnr], model, torch.rand(1, 3, 16, 16),
+                                  probe_references=torch.rand(1, 3, 16, 16), stage_length=2, trials=trials)
+        data = torch.Generator().manual_seed(2)
+        for i in range(4):
+            x = torch.rand(2, 3, 16, 16, generator=data)
+            loss = loss_fn(model(x), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if with_trial and i == 1:  # what an agent would do at the stage end
+                out = sched._trial([{"l1": 1.0, "fft": 0.2, "gan": 0.01}, {"l1": 1.0, "fft": 0.1, "gan": 0.0}])
+                assert len(out) == 2 and out[0] != out[1] and trials.iterations == 4
+        return model.state_dict(), loss_fn.state_dict()
+
+    (m1, l1), (m2, l2) = run(False), run(True)
+    for k in m1:
+        torch.testing.assert_close(m1[k], m2[k], rtol=0, atol=0)

@@ -12,6 +12,7 @@ run continues exactly as the uninterrupted one would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ..constraints import WeightConstraints
@@ -43,6 +44,9 @@ class DecisionContext:
     total_stages: int | None = None
     stage_length: int | None = None
     feedback: list[str] = field(default_factory=list)  # people's notes, newest last
+    # Set when the scheduler has SnapshotTrials: trial(list of weightings, steps) -> probe scores of
+    # each after ``steps`` iterations from the current state (training is restored afterwards).
+    trial: Callable[[list[dict[str, float]], int | None], list[dict[str, float | None]]] | None = None
 
 
 @dataclass

@@ -69,6 +69,7 @@ class Candidate:
     uncertainty: dict[str, float] = field(default_factory=dict)  # objective -> standard error
     gain: float = 0.0  # expected improvement of the primary objective, in its noise units
     vetoed: str | None = None
+    trial: dict[str, float | None] | None = None  # probe scores after a snapshot trial, if one ran
 
 
 def _finite(x: Any) -> bool:
@@ -100,6 +101,9 @@ class GuidedAgent(BaseAgent):
             perceptual term helps NIQE depends on the scale (at toy scale a GAN term *raises* NIQE).
         explore: optimism per unit of standard error for little-tried moves.
         max_candidates: proposals shown to the model (the best ranked, always including "keep").
+        trials: when the scheduler has :class:`~agentloss.trials.SnapshotTrials`, try "keep" and this
+            many of the best moves for ``trial_steps`` iterations from a snapshot, and rank the moves
+            by the measured (paired) improvement; 0 = no trials.
     """
 
     name = "guided"
@@ -109,7 +113,8 @@ class GuidedAgent(BaseAgent):
                  noise: float | None = None, prior: float = 0.5, goal_prior: float = 0.0, explore: float = 0.3,
                  max_candidates: int = 3,
                  max_tries: int = 2, max_tokens: int = 120, temperature: float = 0.0, seed: int | None = 0,
-                 use_grammar: bool = True, roles: Mapping[str, str] | None = None):
+                 use_grammar: bool = True, roles: Mapping[str, str] | None = None, trials: int = 0,
+                 trial_steps: int | None = None):
         if step <= 1.0:
             raise ValueError(f"step must be > 1 (a multiplicative move), got {step}")
         if max_candidates < 2:
@@ -130,6 +135,10 @@ class GuidedAgent(BaseAgent):
         self.seed = seed
         self.use_grammar = bool(use_grammar)
         self.roles = {**LOSS_ROLES, **dict(roles or {})}
+        if trials < 0:
+            raise ValueError(f"trials must be >= 0, got {trials}")
+        self.trials = int(trials)
+        self.trial_steps = trial_steps
         self.backend = None if backend == "none" else self._make_backend(backend)
         self.decisions = 0
         self.llm_fallbacks = 0
@@ -322,6 +331,9 @@ class GuidedAgent(BaseAgent):
         allowed = [c for c in ranked if c.vetoed is None]
         if not allowed:  # cannot happen (keep is re-allowed), but never propose a vetoed move
             allowed = [next(c for c in ranked if not c.log_change)]
+        trial_info = None
+        if self.trials and context.trial is not None:
+            allowed, trial_info = self._run_trials(context, ranked, allowed, facts)
         keep = next((c for c in allowed if not c.log_change), None)
         shown = allowed[: self.max_candidates]
         if keep is not None and keep not in shown:
@@ -339,16 +351,61 @@ class GuidedAgent(BaseAgent):
                 chosen = next(c for c in shown if c.label == label)
         if thoughts is None:
             thoughts = self._explain(chosen, facts)
-        info = {"chosen": asdict(chosen), "shown": [asdict(c) for c in shown],
+        info = {"chosen": asdict(chosen), "shown": [asdict(c) for c in shown], "trials": trial_info,
                 "vetoed": [{"action": c.action, "why": c.vetoed} for c in ranked if c.vetoed], "facts": facts,
                 "llm_fallback": fallback}
         return Decision(weights=chosen.weights, thoughts=thoughts, exchange=exchange, attempts=max(1, attempts),
                         info=info)
 
+    def _run_trials(self, ctx: DecisionContext, ranked: list[Candidate], allowed: list[Candidate],
+                    facts: dict[str, Any]) -> tuple[list[Candidate], dict[str, Any]]:
+        """Try "keep" and the best ``trials`` moves from a snapshot; re-rank the allowed moves by what was measured."""
+        import time
+
+        assert ctx.trial is not None
+        keep = next(c for c in ranked if not c.log_change)
+        moves = [c for c in allowed if c.log_change][: self.trials]
+        tried = [keep, *moves]
+        t = time.perf_counter()
+        try:
+            scores = ctx.trial([dict(c.weights) for c in tried], self.trial_steps)
+        except Exception as e:  # noqa: BLE001 - a failed trial leaves the numeric ranking in place
+            return allowed, {"error": f"{type(e).__name__}: {e}"}
+        for c, sc in zip(tried, scores):
+            c.trial = dict(sc)
+        p = facts["primary"]
+        hib = facts["primary_higher_is_better"]
+        base = keep.trial.get(p) if keep.trial else None
+
+        def measured(c: Candidate) -> float | None:
+            v = c.trial.get(p) if c.trial else None
+            if not (_finite(v) and _finite(base)):
+                return None
+            return (v - base) if hib else (base - v)  # improvement over keeping, in the primary's units
+
+        infos = {o.name: o for o in ctx.objectives}
+        for c in moves:
+            for g, st in facts["guards"].items():
+                v = c.trial.get(g) if c.trial else None
+                if _finite(v) and not st["broken"]:
+                    crossed = v < st["floor"] if infos[g].higher_is_better else v > st["floor"]
+                    if crossed:
+                        c.vetoed = f"in the trial {g} reached {v:.4g}, beyond its floor {st['floor']:.4g}"
+        measured_moves = [c for c in moves if c.vetoed is None and (measured(c) or 0.0) > 0.0]
+        measured_moves.sort(key=lambda c: -(measured(c) or 0.0))
+        rest = [c for c in allowed if c not in measured_moves and c.vetoed is None]
+        keep_first = [c for c in rest if not c.log_change]
+        others = [c for c in rest if c.log_change]
+        out = [*measured_moves, *keep_first, *others]
+        return out, {"steps": self.trial_steps, "seconds": time.perf_counter() - t,
+                     "results": [{"action": c.action, "scores": c.trial, "improvement": measured(c)} for c in tried]}
+
     @staticmethod
     def _explain(c: Candidate, facts: dict[str, Any]) -> str:
         p = facts["primary"]
         parts = [f"{c.action}: expected {p} change {c.predicted[p]:+.3g} (±{c.uncertainty[p]:.2g})"]
+        if c.trial and _finite(c.trial.get(p)):
+            parts.append(f"{p} {c.trial[p]:.4g} after the trial")
         parts += [f"{g} {c.predicted[g]:+.3g} (±{c.uncertainty[g]:.2g}, floor {st['floor']:.4g})"
                   for g, st in facts["guards"].items() if g in c.predicted]
         return "; ".join(parts)
@@ -366,7 +423,8 @@ class GuidedAgent(BaseAgent):
         backend = _redact(self.backend.describe()) if self.backend is not None and hasattr(self.backend, "describe") \
             else None
         return {**super().describe(), "primary": self.primary, "guards": self.guards, "tune": self.tune,
-                "step": self.step, "prior": self.prior, "explore": self.explore, "backend": backend}
+                "step": self.step, "prior": self.prior, "explore": self.explore, "trials": self.trials,
+                "trial_steps": self.trial_steps, "backend": backend}
 
 
 def _g(x: float | None) -> str:
@@ -409,6 +467,8 @@ def guided_messages(ctx: DecisionContext, shown: list[Candidate], facts: dict[st
     for c in shown:
         pred = ", ".join(f"{o} {_pm(c.predicted[o], c.uncertainty[o])}" for o in shown_objectives if o in c.predicted)
         mark = "  [recommended by the measurements]" if c is shown[0] else ""
+        if c.trial:
+            pred += "; tried from a snapshot: " + ", ".join(f"{o} {_g(c.trial.get(o))}" for o in shown_objectives)
         options.append(f"{c.label}) {c.action} -> {':'.join(f'{c.weights[n]:.3g}' for n in names)}: {pred}{mark}")
     guards = [{"name": g, "higher": infos[g].higher_is_better, "floor": _g(st["floor"]), "s0": _g(st["s0"]),
                "now": _g(st["now"]), "broken": st["broken"]} for g, st in facts["guards"].items()]

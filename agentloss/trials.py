@@ -1,0 +1,115 @@
+"""Try candidate weightings for a few steps from a snapshot of training, then put training back.
+
+Stage-to-stage noise of a no-reference metric (NIQE: ±0.1–0.2) is larger than what one stage of a
+different weighting changes, so an agent learning from the history alone learns slowly. A trial
+compares candidates *paired*: each starts from the same snapshot (model, optimiser, loss weights
+and GAN discriminator, RNG), trains the same batches for ``steps`` iterations with its weights,
+and is scored on the probe set; afterwards the snapshot is restored exactly, so training goes on
+as if no trial had run (the main data stream is not touched: trials draw from their own).
+
+The scheduler owns the scoring; pass ``trials=SnapshotTrials(optimizer, batches)`` to
+:class:`~agentloss.scheduler.StageScheduler` and agents that ask for trials (``GuidedAgent(trials=2)``)
+get ``context.trial``. Cost: ``(candidates) x steps`` extra iterations per stage end.
+
+Example:
+    >>> import torch, agentloss as al
+    >>> model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    >>> loss_fn = al.AgentWeightedLoss({"l1": 1.0, "mse": 1.0})
+    >>> opt = torch.optim.Adam(model.parameters(), 1e-2)
+    >>> batches = iter(lambda: (torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)), None)
+    >>> trials = SnapshotTrials(opt, batches, steps=3)
+    >>> before = {k: v.clone() for k, v in model.state_dict().items()}
+    >>> score = lambda: {"mean": model.weight.mean().item()}
+    >>> a, b = trials.run([{"l1": 1.0, "mse": 0.0}, {"l1": 0.0, "mse": 1.0}], model, loss_fn, score)
+    >>> a != b, all(torch.equal(before[k], v) for k, v in model.state_dict().items()), loss_fn.weights
+    (True, True, {'l1': 1.0, 'mse': 1.0})
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .weighted_loss import AgentWeightedLoss
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+StepFn = Callable[[nn.Module, AgentWeightedLoss, torch.optim.Optimizer, Batch], None]
+
+
+def default_step(model: nn.Module, loss_fn: AgentWeightedLoss, optimizer: torch.optim.Optimizer, batch: Batch) -> None:
+    lq, gt = batch
+    loss = loss_fn(model(lq), gt)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return tuple(t.to(device) for t in batch)  # type: ignore[return-value]
+
+
+class SnapshotTrials:
+    """See the module docstring. ``batches`` yields ``(lq, gt)`` (its own stream, not the training
+    one); ``step_fn(model, loss_fn, optimizer, batch)`` is one training iteration (default: plain
+    forward/backward/step — pass yours for AMP, gradient clipping, EMA ...)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, batches: Iterator[Batch], steps: int = 20,
+                 step_fn: StepFn | None = None):
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.optimizer = optimizer
+        self.batches = batches
+        self.steps = int(steps)
+        self.step_fn = step_fn or default_step
+        self.iterations = 0  # extra training iterations spent on trials (the overhead)
+
+    def run(self, candidates: Sequence[Mapping[str, float]], model: nn.Module, loss_fn: AgentWeightedLoss,
+            score: Callable[[], dict[str, float | None]], steps: int | None = None) -> list[dict[str, float | None]]:
+        """Scores of each candidate weighting after ``steps`` iterations from the current state."""
+        steps = int(steps or self.steps)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        batches = [_to(next(self.batches), device) for _ in range(steps)]  # the same batches for every candidate
+        snapshot = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                    "loss": copy.deepcopy(loss_fn.state_dict()), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        was_training = model.training
+        results: list[dict[str, float | None]] = []
+        try:
+            for weights in candidates:
+                self._restore(snapshot, model, loss_fn)
+                loss_fn.set_weights(dict(weights))
+                model.train()
+                for batch in batches:
+                    self.step_fn(model, loss_fn, self.optimizer, batch)
+                self.iterations += steps
+                results.append(score())
+        finally:
+            self._restore(snapshot, model, loss_fn)  # training resumes exactly where it was
+            model.train(was_training)
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        """The overhead counter and the trial stream's position (when it has one), for exact resume."""
+        state: dict[str, Any] = {"iterations": self.iterations}
+        if callable(getattr(self.batches, "state_dict", None)):
+            state["batches"] = self.batches.state_dict()  # type: ignore[attr-defined]
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.iterations = int(state.get("iterations", 0))
+        if "batches" in state and callable(getattr(self.batches, "load_state_dict", None)):
+            self.batches.load_state_dict(state["batches"])  # type: ignore[attr-defined]
+
+    def _restore(self, snap: dict[str, Any], model: nn.Module, loss_fn: AgentWeightedLoss) -> None:
+        model.load_state_dict(snap["model"])
+        # Optimizers keep the loaded state tensors themselves (no copy) and update them in place:
+        # loading the snapshot directly would let the next trial overwrite it.
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        loss_fn.load_state_dict(copy.deepcopy(snap["loss"]))
+        torch.set_rng_state(snap["rng"])
+        if snap["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(snap["cuda_rng"])
