@@ -43,7 +43,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     rows = []
     for r in records:
         scores = ["n/a" if r.scores.get(o) is None else f"{r.scores[o]:.4f}" for o in objectives]
-        note = r.fallback or ("; ".join(r.decision.get("clipped", [])) if r.decision else "")
+        chosen = ((r.decision or {}).get("info") or {}).get("chosen") or {}
+        note = r.fallback or "; ".join([*([chosen["action"]] if chosen.get("action") else []),
+                                        *((r.decision or {}).get("clipped") or [])])
         rows.append([str(r.stage), str(r.iteration), ":".join(f"{r.weights[n]:.4g}" for n in names), *scores, note])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))

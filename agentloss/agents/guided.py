@@ -335,13 +335,19 @@ class GuidedAgent(BaseAgent):
         if self.trials and context.trial is not None:
             allowed, trial_info = self._run_trials(context, ranked, allowed, facts)
         keep = next((c for c in allowed if not c.log_change), None)
+        if trial_info is not None and "results" in trial_info:
+            # After trials the model chooses among moves that measured better than keeping, or keeps:
+            # a move measured worse is never offered.
+            improving = [c for c in allowed if c.log_change and c.trial is not None
+                         and (trial_info["improvement"].get(c.action) or 0.0) > 0.0]
+            allowed = [*improving, *([keep] if keep is not None else [])] or allowed
         shown = allowed[: self.max_candidates]
         if keep is not None and keep not in shown:
             shown = [*shown[: self.max_candidates - 1], keep]
         for i, c in enumerate(shown):
             c.label = chr(ord("A") + i)
         chosen, thoughts, exchange, attempts, fallback = shown[0], None, [], 0, None
-        if self.backend is not None:
+        if self.backend is not None and len(shown) > 1:  # one option (keep) needs no choice
             messages = self._messages(context, shown, facts)
             label, thoughts, exchange, attempts, problem = self._ask(messages, [c.label for c in shown])
             if label is None:
@@ -398,7 +404,8 @@ class GuidedAgent(BaseAgent):
         others = [c for c in rest if c.log_change]
         out = [*measured_moves, *keep_first, *others]
         return out, {"steps": self.trial_steps, "seconds": time.perf_counter() - t,
-                     "results": [{"action": c.action, "scores": c.trial, "improvement": measured(c)} for c in tried]}
+                     "results": [{"action": c.action, "scores": c.trial, "improvement": measured(c)} for c in tried],
+                     "improvement": {c.action: measured(c) for c in tried}}
 
     @staticmethod
     def _explain(c: Candidate, facts: dict[str, Any]) -> str:

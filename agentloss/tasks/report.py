@@ -152,6 +152,12 @@ def comparison_plot(comp: Any, path: str | os.PathLike[str]) -> Path:
     objectives = list(dict.fromkeys(k for r in results.values() for rec in r.history for k in rec.scores))
     losses = list(dict.fromkeys(k for r in results.values() for rec in r.history for k in rec.weights))
     panels = len(objectives) + len(losses)
+    from ..records import read_meta
+
+    arrows: dict[str, str] = {}
+    for r in results.values():  # each objective's direction, from the run's own record
+        for o in read_meta(r.run_dir).get("objectives", []) if r.run_dir else []:
+            arrows[o["name"]] = "↑" if o.get("higher_is_better") else "↓"
     fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.2), squeeze=False)
     for method, r in results.items():
         stages = [rec.stage for rec in r.history]
@@ -159,7 +165,7 @@ def comparison_plot(comp: Any, path: str | os.PathLike[str]) -> Path:
             vals = [rec.scores.get(name) for rec in r.history]
             axes[0][k].plot(stages, [float("nan") if v is None else v for v in vals], marker="o", ms=3,
                             label=_LABELS.get(method, method))
-            axes[0][k].set_title(f"probe {name}")
+            axes[0][k].set_title(f"probe {name} {arrows.get(name, '')}".strip())
         for k, name in enumerate(losses):
             ax = axes[0][len(objectives) + k]
             ax.step(stages, [rec.weights.get(name, float("nan")) for rec in r.history], where="post",

@@ -69,6 +69,7 @@ class MethodResult:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     per_image: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)  # the trained network (not serialised)
 
 
 def agent_config(cfg: RunConfig, method: str) -> dict[str, Any]:
@@ -199,9 +200,7 @@ def train_method(cfg: RunConfig, method: str, start: dict[str, torch.Tensor] | N
     history = sched.history or read_records(run_dir)
     timings = {k: sum(r.timings.get(k, 0.0) for r in history) for k in ("train_s", "restore_s", "score_s", "agent_s")}
     timings["loop_train_s"] = t_train
-    result = MethodResult(method, run_dir, history, timings=timings)
-    result.model = model  # type: ignore[attr-defined]
-    return result
+    return MethodResult(method, run_dir, history, timings=timings, model=model)
 
 
 def evaluate_model(cfg: RunConfig, model: nn.Module | None, sets: list[EvalSet], device: torch.device,
@@ -228,7 +227,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = True) -> MethodRes
     start = make_start(cfg, device, progress) if (cfg.backbone.checkpoint or cfg.train.pretrain_iters) else None
     result = train_method(cfg, "agent", start, cfg.out_dir, device, progress, resume)
     sets, missing = build_eval_sets(cfg)
-    result.evaluation, result.per_image = evaluate_model(cfg, result.model, sets, device)  # type: ignore[attr-defined]
+    result.evaluation, result.per_image = evaluate_model(cfg, result.model, sets, device)
     (cfg.out_dir / "evaluation.json").write_text(json.dumps(
         {"evaluation": result.evaluation, "per_image": result.per_image, "skipped_sets": missing,
          "timings": result.timings}, indent=2), encoding="utf-8")
@@ -266,9 +265,9 @@ def compare(cfg: RunConfig, progress: bool = True, resume: bool = True) -> Compa
     for method in cfg.compare:
         res = train_method(cfg, method, start, out / method, device, progress, resume)
         t = time.perf_counter()
-        res.evaluation, res.per_image = evaluate_model(cfg, res.model, sets, device)  # type: ignore[attr-defined]
+        res.evaluation, res.per_image = evaluate_model(cfg, res.model, sets, device)
         res.timings["eval_s"] = time.perf_counter() - t
-        models[method] = res.model  # type: ignore[attr-defined]
+        models[method] = res.model  # type: ignore[assignment]
         results[method] = res
     comp = Comparison(cfg, results, start_eval, missing, time.perf_counter() - t0)
     table = format_table(comp)
