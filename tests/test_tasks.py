@@ -232,3 +232,13 @@ def test_every_task_backbone_trains_a_stage(tmp_path, task, backbone, scale):
     result = run(cfg, progress=False)
     assert len(result.history) == 2 and result.history[1].scores["psnr_y" if task != "air" else "psnr"] is not None
     assert "psnr" in result.evaluation["photos"]
+
+
+def test_guided_agent_with_trials_from_a_config(tmp_path):
+    cfg = load_config(tiny(tmp_path, agent={"type": "guided", "backend": "none", "trials": 1, "trial_steps": 1},
+                           objectives=[{"name": "psnr"}, {"name": "piqe"}],
+                           train={"stage_length": 2, "total_iters": 4}, probe={"count": 1, "size": 96}))
+    result = run(cfg, progress=False)
+    info = result.history[1].decision["info"]
+    assert info["facts"]["primary"] == "piqe" and "psnr_y" in info["facts"]["guards"]
+    assert len(info["trials"]["results"]) == 2  # keep and the best move, tried from a snapshot

@@ -38,6 +38,7 @@ from ..datasets import evaluate
 from ..plotting import plot_run
 from ..records import StageRecord, read_records
 from ..scheduler import StageScheduler
+from ..trials import SnapshotTrials
 from .build import (
     EvalSet,
     build_eval_sets,
@@ -146,11 +147,15 @@ def train_method(cfg: RunConfig, method: str, start: dict[str, torch.Tensor] | N
     objectives = build_objectives(cfg, device)
     needs_ref = any(o.needs_reference for o in objectives)
     stages = cfg.train.stages
+    opt = torch.optim.Adam(model.parameters(), cfg.train.lr, betas=cfg.train.betas)
+    agent_cfg = agent_config(cfg, method)
+    trials = None
+    if int(agent_cfg.get("trials", 0) or 0) > 0:  # the agent tries weightings from snapshots: give it batches
+        trials = SnapshotTrials(opt, build_stream(cfg, seed=cfg.seed + 7919), steps=int(agent_cfg.get("trial_steps") or 20))
     sched = StageScheduler(loss_fn, agent, objectives, model, [p.to(device) for p in probe_lq],
                            probe_references=[p.to(device) for p in probe_gt] if needs_ref else None,
                            stage_length=cfg.train.stage_length, total_stages=stages, run_dir=run_dir,
-                           restore_fn=restore_fn(cfg))
-    opt = torch.optim.Adam(model.parameters(), cfg.train.lr, betas=cfg.train.betas)
+                           restore_fn=restore_fn(cfg), trials=trials)
     stream = build_stream(cfg, seed=cfg.seed)
     ckpt = run_dir / "checkpoint.pt"
     state = torch.load(ckpt, map_location=device, weights_only=False) if resume and ckpt.is_file() else None
