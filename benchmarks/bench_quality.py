@@ -77,6 +77,7 @@ import re
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -396,17 +397,18 @@ def agent_config_for_seed(config: Mapping[str, Any], seed: int) -> dict[str, Any
 def evaluate_model(model: nn.Module, pairs: Sequence[ImagePair], niqe_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """NIQE and PSNR_Y per evaluation image; a NIQE that raises is recorded as NaN with its error."""
     t = time.perf_counter()
-    psnr = evaluate(model, pairs, SCALE, metrics=("psnr",), device="cpu").per_image
-    per_image: dict[str, dict[str, float]] = {}
-    errors: dict[str, str] = {}
-    for pair in pairs:
-        try:  # one image at a time: pyiqa's NIQE raises LinAlgError on a flat, collapsed output
-            niqe = evaluate(model, [pair], SCALE, metrics=("niqe",), device="cpu",
-                            metric_kwargs={"niqe": dict(niqe_kwargs)}).per_image[pair.name]["niqe"]
-        except Exception as e:  # noqa: BLE001 - recorded; the benchmark goes on
-            niqe = math.nan
-            errors[pair.name] = f"{type(e).__name__}: {e}"
-        per_image[pair.name] = {"niqe": niqe, "psnr_y": psnr[pair.name]["psnr"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failed NIQE is reported below, per image
+        res = evaluate(model, pairs, SCALE, metrics=("psnr", "niqe"), device="cpu",
+                       metric_kwargs={"niqe": dict(niqe_kwargs)})
+    # evaluate() scores NaN where a metric raised (NIQE's LinAlgError on a flat, collapsed output)
+    # and lists why in settings["failures"] as "image: metric: error".
+    errors = {}
+    for note in res.settings.get("failures", []):
+        name, metric, why = note.split(": ", 2)
+        if metric == "niqe":
+            errors[name] = why
+    per_image = {name: {"niqe": sc.get("niqe", math.nan), "psnr_y": sc["psnr"]} for name, sc in res.per_image.items()}
     # Any failed image makes the mean missing: dropping it would reward the collapse.
     mean = {m: (math.nan if any(not _finite(s[m]) for s in per_image.values())
                 else statistics.fmean(s[m] for s in per_image.values())) for m in METRICS}
@@ -521,38 +523,27 @@ def _ci(s: Mapping[str, Any], digits: int) -> str:
     return f"{s['mean']:+.{digits}f} [{s['lo']:+.{digits}f}, {s['hi']:+.{digits}f}]"
 
 
-def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], baseline: str = "fixed") -> str:
+def paired_section(results: Mapping[str, Any], summary: Mapping[str, Any], baseline: str) -> list[str]:
+    """The paired-difference tables (interval, verdict, per seed) of every method against ``baseline``."""
     lines: list[str] = []
-    n_eval = len(results["split"]["eval"])
-    lines.append(f"\n## Final evaluation: {n_eval} images never trained on nor probed "
-                 f"(mean over images; mean ± std over seeds)")
-    lines.append(f"{'method':<14} {'seeds':>5} {'NIQE ↓':>17} {'PSNR_Y ↑ dB':>17} {'NIQE failed':>11}")
-    s0 = results["start"]["eval"]["mean"]
-    lines.append(f"{'start (S0)':<14} {'':>5} {_fmt(s0['niqe'], 3):>17} {_fmt(s0['psnr_y'], 3):>17}")
-    for method, e in summary.items():
-        lines.append(f"{method:<14} {len(e['seeds']):>5} {_pm(e['niqe']['mean'], e['niqe']['std'], 3):>17} "
-                     f"{_pm(e['psnr_y']['mean'], e['psnr_y']['std'], 3):>17} {e['niqe_failures']:>11}")
-    if any(e["niqe_failures"] for e in summary.values()):
-        lines.append("NIQE failed = images whose NIQE raised (flat, collapsed output): recorded as NaN; "
-                     "a seed with one counts as missing in the NIQE mean and the paired statistics.")
     key = "vs_" + baseline
     compared = {m: e for m, e in summary.items() if key in e}
     if not compared:
         lines.append(f"\n(no paired comparison: method {baseline!r} was not run)")
     else:
         lines.append(f"\n## Paired difference vs {baseline} (same seed): mean [95 % Student-t interval]")
-        lines.append(f"{'method':<14} {'n':>2} {'ΔNIQE':>26} {'ΔNIQE %':>8} {'NIQE verdict':>13} "
+        lines.append(f"{'method':<24} {'n':>2} {'ΔNIQE':>26} {'ΔNIQE %':>8} {'NIQE verdict':>13} "
                      f"{'ΔPSNR_Y dB':>26} {'PSNR verdict':>13}")
         for method, e in compared.items():
             n, p = e[key]["niqe"], e[key]["psnr_y"]
             rel = f"{n['relative_pct']:+.1f} %" if _finite(n["relative_pct"]) else "n/a"
-            lines.append(f"{method:<14} {n['n']:>2} {_ci(n, 3):>26} {rel:>8} {n['verdict']:>13} "
+            lines.append(f"{method:<24} {n['n']:>2} {_ci(n, 3):>26} {rel:>8} {n['verdict']:>13} "
                          f"{_ci(p, 3):>26} {p['verdict']:>13}")
         lines.append("verdict: better/worse when the interval excludes 0 (NIQE lower = better, PSNR higher = better)")
         lines.append(f"\n## Per-seed differences vs {baseline} (ΔNIQE / ΔPSNR_Y dB)")
         base = {r["seed"]: r["eval"]["mean"] for r in results["methods"][baseline]["runs"]}
         seeds = sorted(base)
-        lines.append(f"{'method':<14} " + " ".join(f"{'seed ' + str(s):>17}" for s in seeds))
+        lines.append(f"{'method':<24} " + " ".join(f"{'seed ' + str(s):>17}" for s in seeds))
         for method in compared:
             mine = {r["seed"]: r["eval"]["mean"] for r in results["methods"][method]["runs"]}
             cells = []
@@ -562,13 +553,31 @@ def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], baseli
                     continue
                 dn, dp = mine[s]["niqe"] - base[s]["niqe"], mine[s]["psnr_y"] - base[s]["psnr_y"]
                 cells.append(f"{_fmt(dn, 3, '+')} / {_fmt(dp, 3, '+')}".rjust(17))
-            lines.append(f"{method:<14} " + " ".join(cells))
+            lines.append(f"{method:<24} " + " ".join(cells))
+    return lines
+
+
+def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], baseline: str = "fixed") -> str:
+    lines: list[str] = []
+    n_eval = len(results["split"]["eval"])
+    lines.append(f"\n## Final evaluation: {n_eval} images never trained on nor probed "
+                 f"(mean over images; mean ± std over seeds)")
+    lines.append(f"{'method':<24} {'seeds':>5} {'NIQE ↓':>17} {'PSNR_Y ↑ dB':>17} {'NIQE failed':>11}")
+    s0 = results["start"]["eval"]["mean"]
+    lines.append(f"{'start (S0)':<24} {'':>5} {_fmt(s0['niqe'], 3):>17} {_fmt(s0['psnr_y'], 3):>17}")
+    for method, e in summary.items():
+        lines.append(f"{method:<24} {len(e['seeds']):>5} {_pm(e['niqe']['mean'], e['niqe']['std'], 3):>17} "
+                     f"{_pm(e['psnr_y']['mean'], e['psnr_y']['std'], 3):>17} {e['niqe_failures']:>11}")
+    if any(e["niqe_failures"] for e in summary.values()):
+        lines.append("NIQE failed = images whose NIQE raised (flat, collapsed output): recorded as NaN; "
+                     "a seed with one counts as missing in the NIQE mean and the paired statistics.")
+    lines += paired_section(results, summary, baseline)
     lines.append("\n## Time per method (s, summed over seeds): training, scoring (probe restore+score), agent, final eval")
-    lines.append(f"{'method':<14} {'train':>8} {'scoring':>8} {'agent':>8} {'eval':>7} {'wall':>8} {'per run':>8}")
+    lines.append(f"{'method':<24} {'train':>8} {'scoring':>8} {'agent':>8} {'eval':>7} {'wall':>8} {'per run':>8}")
     for method, e in summary.items():
         t = e["timings"]
         per_run = e["wall_s"] / max(1, len(e["seeds"]))
-        lines.append(f"{method:<14} {t['train_s']:>8.1f} {t['scoring_s']:>8.1f} {t['agent_s']:>8.1f} "
+        lines.append(f"{method:<24} {t['train_s']:>8.1f} {t['scoring_s']:>8.1f} {t['agent_s']:>8.1f} "
                      f"{t['eval_s']:>7.1f} {e['wall_s']:>8.1f} {per_run:>8.1f}")
     pre = results["start"]["pretrain"]
     pre_time = "cached" if pre["cached"] else f"{pre['seconds']:.1f} s"
@@ -719,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_json(out, results)
         plot_results(results, out.with_name("quality.png"))
         print(format_report(results, results["summary"]))
+        if "random" in results["methods"]:
+            print("\n".join(paired_section(results, summarize(results, "random"), "random")))
         print(f"\nresults: {out}; plot: {out.with_name('quality.png')}")
         return results
     torch.set_num_threads(args.torch_threads)
@@ -759,6 +770,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(out, results)
     plot_results(results, out.with_name("quality.png"))
     log(format_report(results, summary))
+    if "random" in results["methods"]:
+        log("\n".join(paired_section(results, summarize(results, "random"), "random")))
     log(f"\nresults: {out}; plot: {out.with_name('quality.png')}; stage records: {args.run_dir}/<method>/seed<k>/")
     return results
 
