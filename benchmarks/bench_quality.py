@@ -660,6 +660,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         ("--patch", "HR patch size (px)"), ("--pretrain-iters", "L1 pretraining iterations")):
         key = flag[2:].replace("-", "_")
         ap.add_argument(flag, type=int, default=None, help=f"{help_} (default {DEFAULTS[key]}, --quick {QUICK[key]})")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="run seeds FIRST..FIRST+N-1 (more seeds later; --merge joins them to earlier files)")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     ap.add_argument("--max-weight", type=float, default=10.0, help="WeightConstraints.max_weight")
     ap.add_argument("--max-step", type=float, default=2.0, help="WeightConstraints.max_step (factor per stage)")
@@ -710,9 +712,15 @@ def merge_results(paths: Sequence[str]) -> dict[str, Any]:
         if diff:
             raise ValueError(f"{path}: settings {diff} differ from {merged['merged_from'][0]}; cannot pair its runs")
         for name, m in data["methods"].items():
-            if name in merged["methods"]:
-                raise ValueError(f"{path}: method {name!r} is already in {merged['merged_from']}")
-            merged["methods"][name] = m
+            if name not in merged["methods"]:
+                merged["methods"][name] = m
+                continue
+            have = {r["seed"] for r in merged["methods"][name]["runs"]}
+            again = sorted(have & {r["seed"] for r in m["runs"]})
+            if again:
+                raise ValueError(f"{path}: method {name!r} seed(s) {again} are already in {merged['merged_from']}")
+            merged["methods"][name]["runs"] = sorted([*merged["methods"][name]["runs"], *m["runs"]],
+                                                     key=lambda r: r["seed"])  # more seeds of the same method
         merged["merged_from"].append(str(path))
     if merged is None:
         raise ValueError("nothing to merge")
@@ -760,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "start": {"pretrain": {**pre_info, "settings": pre_settings}, "eval": s0_eval},
         "methods": {name: {"config": cfg, "runs": []} for name, cfg in methods.items()},
     }
-    for seed in range(args.seeds):  # seeds outside: a partial file still holds complete pairs
+    for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outside: a partial file holds pairs
         for name, cfg in methods.items():
             run = run_one(name, cfg, seed, args, start, split, niqe_kwargs, log)
             results["methods"][name]["runs"].append(run)
