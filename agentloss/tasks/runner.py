@@ -139,8 +139,9 @@ def train_method(cfg: RunConfig, method: str, start: dict[str, torch.Tensor] | N
         model.load_state_dict(start)
     model.to(device)
     loss_fn = build_loss(cfg).to(device)
+    agent_cfg = agent_config(cfg, method)
     try:
-        agent = create_agent(agent_config(cfg, method))
+        agent = create_agent(agent_cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid run config:\n  agent: {e}") from e
     probe_lq, probe_gt = build_probe(cfg, seed=cfg.seed)
@@ -148,7 +149,6 @@ def train_method(cfg: RunConfig, method: str, start: dict[str, torch.Tensor] | N
     needs_ref = any(o.needs_reference for o in objectives)
     stages = cfg.train.stages
     opt = torch.optim.Adam(model.parameters(), cfg.train.lr, betas=cfg.train.betas)
-    agent_cfg = agent_config(cfg, method)
     trials = None
     if int(agent_cfg.get("trials", 0) or 0) > 0:  # the agent tries weightings from snapshots: give it batches
         trials = SnapshotTrials(opt, build_stream(cfg, seed=cfg.seed + 7919), steps=int(agent_cfg.get("trial_steps") or 20))
