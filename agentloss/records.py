@@ -20,9 +20,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 RECORDS_FILE = "stages.jsonl"
 META_FILE = "run.json"
@@ -51,26 +52,26 @@ class StageRecord:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StageRecord":
+    def from_dict(cls, data: dict[str, Any]) -> StageRecord:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN/inf are not JSON; store them as None so every line stays parseable by any reader."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return _json_safe(obj.item())
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return json_safe(obj.tolist())
     return str(obj)
 
 
@@ -99,7 +100,7 @@ class RecordWriter:
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         tmp = self.run_dir / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(_json_safe(meta), indent=2))
+        tmp.write_text(json.dumps(json_safe(meta), indent=2))
         os.replace(tmp, self.run_dir / META_FILE)
 
     def append(self, record: StageRecord) -> None:
@@ -117,8 +118,7 @@ class RecordWriter:
         kept = [r for r in read_records(self.run_dir) if r.stage <= stage]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for r in kept:
-                f.write(json.dumps(r.to_dict(), allow_nan=False) + "\n")
+            f.writelines(json.dumps(r.to_dict(), allow_nan=False) + "\n" for r in kept)
         os.replace(tmp, self.path)
 
 

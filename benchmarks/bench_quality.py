@@ -89,9 +89,11 @@ from torch.nn import functional as F
 
 import agentloss as al
 from agentloss.agents.factory import AGENT_REGISTRY
+from agentloss.backbones.small import SmallSR
 from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.datasets.benchmarks import ImagePair
 from agentloss.datasets.evaluation import evaluate
+from agentloss.records import json_safe
 from agentloss.trials import SnapshotTrials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,21 +212,6 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
 
 # --------------------------------------------------------------------------------------------
 # Model, data split, pretraining
-
-
-class SmallSR(nn.Module):
-    """x2 SR: bicubic upsampling plus a learned residual (the quick start's network)."""
-
-    def __init__(self, width: int = 32, depth: int = 4):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1)]
-        for _ in range(depth):
-            layers += [nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)]
-        layers += [nn.ReLU(), nn.Conv2d(width, 4 * 3, 3, padding=1), nn.PixelShuffle(2)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + self.body(x)
 
 
 @dataclass
@@ -620,19 +607,6 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf are not JSON: store them as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return json_safe(obj.tolist())
-    return obj
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

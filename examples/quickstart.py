@@ -20,29 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import agentloss as al
+from agentloss.backbones.small import SmallSR
 from agentloss.data import EVAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.plotting import plot_run
 
 WEIGHTS = {"l1": 1.0, "fft": 0.1, "gan": 0.01}
-
-
-class SmallSR(nn.Module):
-    """x2 SR: bicubic upsampling plus a learned residual (a stand-in for SwinIR on a CPU)."""
-
-    def __init__(self, width: int = 32, depth: int = 4):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1)]
-        for _ in range(depth):
-            layers += [nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)]
-        layers += [nn.ReLU(), nn.Conv2d(width, 12, 3, padding=1), nn.PixelShuffle(2)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + self.body(x)
 
 
 def agent_config(kind: str, args: argparse.Namespace) -> dict:
