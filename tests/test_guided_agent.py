@@ -130,6 +130,33 @@ def test_unusable_answers_fall_back_to_the_top_proposal():
     agent = GuidedAgent(backend=Scripted([BackendError("timeout")]))
     d = agent.propose(context(_two_stage_history()))
     assert "backend error" in d.info["llm_fallback"] and d.weights == d.info["shown"][0]["weights"]
+    agent = GuidedAgent(backend=Scripted([RuntimeError("segfault-ish")]))  # not a BackendError: still no crash
+    d = agent.propose(context(_two_stage_history()))
+    assert "RuntimeError" in d.info["llm_fallback"] and d.weights == d.info["shown"][0]["weights"]
+
+
+class Timed(Scripted):
+    def chat(self, messages, **kw):
+        res = super().chat(messages, **kw)
+        return ChatResult(res.text, "stop", prompt_tokens=700, completion_tokens=20,
+                          info={"prompt_eval_tokens": 310, "prompt_eval_ms": 9000.0, "nested": {"x": 1}})
+
+
+def test_prompt_is_append_only_for_the_prompt_cache_and_timings_are_recorded():
+    """Each stage's prompt starts with the previous one up to the end of its history, so llama.cpp
+    evaluates only the new tail; the backend's timings go into the record."""
+    backend = Timed(["Choice: A\nThoughts: a.", "Choice: A\nThoughts: b."])
+    agent = GuidedAgent(backend=backend, needs="Lower NIQE.")
+    hist = _two_stage_history()
+    d1 = agent.propose(context(hist))
+    hist.append(StageRecord(2, 200, dict(d1.weights), {"niqe": 5.85, "psnr_y": 30.1}))
+    agent.propose(context(hist))
+    first, second = (c["messages"][1]["content"] for c in backend.calls)
+    history_end = first.index("\nStage 1 of 12 has ended")
+    assert second.startswith(first[:history_end]) and "stage 2: " in second[history_end:]
+    assert second.index("History") < second.index("Stage 2 of 12 has ended") < second.index("Options")
+    call = d1.exchange[-1]
+    assert call["prompt_eval_tokens"] == 310 and call["prompt_tokens"] == 700 and "nested" not in call
 
 
 def test_guided_with_real_llama_cpp_and_grammar(tmp_path):

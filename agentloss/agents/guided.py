@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -306,13 +307,24 @@ class GuidedAgent(BaseAgent):
         convo = list(messages)
         problem = None
         for attempt in range(1, self.max_tries + 1):
+            t0 = time.perf_counter()
             try:
                 res = self.backend.chat(convo, max_tokens=self.max_tokens, temperature=self.temperature,
                                         seed=self.seed, grammar=grammar)
             except BackendError as e:
                 return None, None, exchange, attempt, f"backend error: {e}"
-            text = res.text or ""
-            exchange.append({"role": "assistant", "content": text, "attempt": attempt})
+            except Exception as e:  # noqa: BLE001 - a misbehaving backend is still not a crash
+                return None, None, exchange, attempt, f"backend failed: {type(e).__name__}: {e}"
+            text = getattr(res, "text", None) or ""
+            # The backend's own numbers (llama.cpp: prompt tokens actually evaluated, prompt/eval ms) show
+            # where a decision's time went.
+            call = {"attempt": attempt, "seconds": round(time.perf_counter() - t0, 4),
+                    "finish_reason": getattr(res, "finish_reason", None),
+                    "prompt_tokens": getattr(res, "prompt_tokens", None),
+                    "completion_tokens": getattr(res, "completion_tokens", None),
+                    **{k: v for k, v in (getattr(res, "info", None) or {}).items()
+                       if isinstance(v, (int, float, str, bool)) or v is None}}
+            exchange.append({"role": "assistant", "content": text, **call})
             m = _CHOICE.search(text)
             if m and m.group(1).upper() in labels:
                 t = _THOUGHTS.search(text)
