@@ -132,3 +132,15 @@ def test_eval_survives_niqe_failure(bq, niqe_params):
     ev = bq.evaluate_model(Flat(), pairs, {"pretrained_model_path": niqe_params})
     assert set(ev["niqe_errors"]) == {p.name for p in pairs}
     assert math.isnan(ev["mean"]["niqe"]) and ev["mean"]["psnr_y"] > 5
+
+
+def test_sign_flip_p_is_exact_and_robust_to_one_collapse(bq):
+    assert bq.sign_flip_p([-1.0] * 10) == pytest.approx(2 / 1024)  # only all-negative and all-positive
+    assert bq.sign_flip_p([0.0, 0.0, 0.0]) == 1.0
+    # Nine small gains and one huge loss: the t-interval straddles 0, the sign-flip test sees the
+    # mean dominated by the outlier and says so too (p large) - neither calls it "better".
+    diffs = [-0.03] * 9 + [5.0]
+    s = bq.paired_interval([6.0 + d for d in diffs], [6.0] * 10, lower_is_better=True)
+    assert s.verdict == "within noise" and s.p_sign_flip > 0.5
+    many = bq.sign_flip_p([-0.1] * 20)  # Monte-Carlo branch
+    assert 0 < many < 0.001
