@@ -458,7 +458,7 @@ def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Na
     model = SmallSR()
     model.load_state_dict(start)
     torch.manual_seed(seed)  # the same GAN discriminator init for every method at this seed
-    loss_fn = al.AgentWeightedLoss(INITIAL_WEIGHTS, terms=TERM_OPTIONS, constraints=args.constraints)
+    loss_fn = al.AgentWeightedLoss(args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints)
     agent = al.create_agent(agent_config_for_seed(config, seed))
     objectives = [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")]
     run_dir = Path(args.run_dir) / method / f"seed{seed}"
@@ -671,6 +671,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--first-seed", type=int, default=0,
                     help="run seeds FIRST..FIRST+N-1 (more seeds later; --merge joins them to earlier files)")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    ap.add_argument("--initial-weights", type=parse_weights, default=dict(INITIAL_WEIGHTS), metavar="L1=..,FFT=..,GAN=..",
+                    help="the start weights, which Fixed keeps (default l1=1,fft=0.1,gan=0.01; e.g. gan=0.1 for a "
+                         "mis-set start that an agent should recover from); unnamed terms keep their default")
     ap.add_argument("--max-weight", type=float, default=10.0, help="WeightConstraints.max_weight")
     ap.add_argument("--max-step", type=float, default=2.0, help="WeightConstraints.max_step (factor per stage)")
     ap.add_argument("--out", default="benchmarks/results/quality.json", help="JSON results; quality.png beside it")
@@ -696,6 +699,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error(f"--patch must be a multiple of {SCALE}")
     args.constraints = al.WeightConstraints(max_weight=args.max_weight, max_step=args.max_step)
     return args
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"gan=0.1"`` or ``"l1=1,fft=0.1,gan=0.1"`` -> the full weight dict (unnamed terms keep their default).
+
+    >>> parse_weights("gan=0.1")
+    {'l1': 1.0, 'fft': 0.1, 'gan': 0.1}
+    """
+    weights = dict(INITIAL_WEIGHTS)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in weights:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=VALUE with NAME one of {', '.join(weights)}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {value!r} is not a number") from None
+        if not (math.isfinite(w) and w >= 0):
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight must be finite and >= 0")
+        weights[name] = w
+    return weights
 
 
 def niqe_kwargs_for(args: argparse.Namespace) -> dict[str, Any]:
@@ -758,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     split = build_split()
     settings = {k: getattr(args, k) for k in ("seeds", "stages", "stage_iters", "batch", "patch", "pretrain_iters",
                                                 "quick", "torch_threads", "run_dir")}
-    settings.update(initial_weights=INITIAL_WEIGHTS, terms=TERM_OPTIONS, constraints=args.constraints.to_dict(),
+    settings.update(initial_weights=args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints.to_dict(),
                     needs=NEEDS, lr=TRAIN_LR, niqe_params=niqe_kwargs.get("pretrained_model_path"),
                     argv=list(sys.argv[1:] if argv is None else argv))
     pre_settings = pretrain_settings(args)

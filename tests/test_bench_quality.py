@@ -144,3 +144,11 @@ def test_sign_flip_p_is_exact_and_robust_to_one_collapse(bq):
     assert s.verdict == "within noise" and s.p_sign_flip > 0.5
     many = bq.sign_flip_p([-0.1] * 20)  # Monte-Carlo branch
     assert 0 < many < 0.001
+
+
+def test_initial_weights_flag(bq):
+    args = bq.parse_args(["--quick", "--initial-weights", "gan=0.1"])
+    assert args.initial_weights == {"l1": 1.0, "fft": 0.1, "gan": 0.1}
+    for bad in ("perceptual=1", "gan=abc", "gan=-1", "gan"):
+        with pytest.raises(SystemExit):
+            bq.parse_args(["--quick", "--initial-weights", bad])
