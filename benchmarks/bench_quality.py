@@ -734,7 +734,8 @@ def niqe_kwargs_for(args: argparse.Namespace) -> dict[str, Any]:
 def merge_results(paths: Sequence[str]) -> dict[str, Any]:
     """One result set from files made with the same settings (the methods of each are added)."""
     merged: dict[str, Any] | None = None
-    keys = ("seeds", "stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints")
+    # What a run's result depends on must match; the number of seeds need not (each run carries its seed).
+    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints")
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if merged is None:

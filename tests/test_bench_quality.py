@@ -118,6 +118,16 @@ def test_quick_run_end_to_end(bq, tmp_path, niqe_params, capsys):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="stages"):
         bq.merge_results([str(tmp_path / "fixed.json"), str(tmp_path / "bad.json")])
+    mis_set = {**data, "settings": {**data["settings"], "initial_weights": {"l1": 1.0, "fft": 0.1, "gan": 0.1}},
+               "methods": {"x": data["methods"]["random"]}}
+    (tmp_path / "mis_set.json").write_text(json.dumps(mis_set))
+    with pytest.raises(ValueError, match="initial_weights"):  # another scenario never pairs with this one
+        bq.merge_results([str(tmp_path / "fixed.json"), str(tmp_path / "mis_set.json")])
+    # Seeds split over processes (--seeds 1 --first-seed 1 in the other) still merge.
+    one = {**data, "settings": {**data["settings"], "seeds": 1},
+           "methods": {"random": {**data["methods"]["random"], "runs": data["methods"]["random"]["runs"][1:]}}}
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    assert bq.merge_results([str(tmp_path / "fixed.json"), str(tmp_path / "one.json")])["methods"]["random"]["runs"][0]["seed"] == 1
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pyiqa on a flat image: cov() of one sample
