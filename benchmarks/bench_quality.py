@@ -86,6 +86,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import agentloss as al
 from agentloss.agents.factory import AGENT_REGISTRY
@@ -471,6 +472,10 @@ def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Na
     sched = al.StageScheduler(loss_fn, agent, objectives, model, split.probe_lq, probe_references=split.probe_hr,
                               stage_length=args.stage_iters, total_stages=args.stages, run_dir=run_dir, trials=trials)
     stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed)
+    # The final evaluation scores an exponential moving average of the weights (as SR training
+    # recipes do): the last iterate's NIQE moves +-0.035 from one iteration to the next, which
+    # swamped the paired differences; the average moves +-0.008. Agents still see the last iterate.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.eval_ema)) if args.eval_ema else None
     tag = f"[{method} seed {seed}]"
     s0 = sched.start()
     log(f"{tag} S0 probe: {_fmt_scores(s0.scores)}")
@@ -480,21 +485,26 @@ def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Na
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if (rec := sched.step()) is not None:
             fb = f"  (fallback: {rec.fallback})" if rec.fallback else ""
             log(f"{tag} stage {rec.stage}/{args.stages}: probe {_fmt_scores(rec.scores)} "
                 f"weights {fmt_weights(rec.weights)} -> {fmt_weights(rec.next_weights)}  "
                 f"({rec.timings.get('train_s', 0):.1f} s train, {rec.timings.get('agent_s', 0):.1f} s agent){fb}")
-    ev = evaluate_model(model, split.eval_pairs, niqe_kwargs)
+    ev = evaluate_model(ema.module if ema is not None else model, split.eval_pairs, niqe_kwargs)
+    ev_last = evaluate_model(model, split.eval_pairs, niqe_kwargs) if ema is not None else None
     failed = f"  NIQE failed on {sorted(ev['niqe_errors'])}" if ev["niqe_errors"] else ""
-    log(f"{tag} eval: {_fmt_scores(ev['mean'])}{failed}  ({time.perf_counter() - t_run:.0f} s)")
+    last = f"  (last iterate: {_fmt_scores(ev_last['mean'])})" if ev_last is not None else ""
+    log(f"{tag} eval{' (EMA)' if ema is not None else ''}: {_fmt_scores(ev['mean'])}{failed}{last}  "
+        f"({time.perf_counter() - t_run:.0f} s)")
     close = getattr(getattr(agent, "backend", None), "close", None)
     if callable(close):
         close()  # free the LLM before the next run loads it again
-    return {"seed": seed, "agent_config": agent_config_for_seed(config, seed), "eval": ev,
+    return {"seed": seed, "agent_config": agent_config_for_seed(config, seed), "eval": ev, "eval_last": ev_last,
             "stages": [stage_summary(r) for r in sched.history], "final_weights": sched.history[-1].weights,
             "fallbacks": sum(r.fallback is not None for r in sched.history),
-            "timings": {**sum_timings(sched.history), "eval_s": ev["seconds"]},
+            "timings": {**sum_timings(sched.history), "eval_s": ev["seconds"] + (ev_last or {}).get("seconds", 0.0)},
             "trial_iterations": trials.iterations if trials is not None else 0,
             "wall_s": time.perf_counter() - t_run, "run_dir": str(run_dir)}
 
@@ -674,6 +684,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--initial-weights", type=parse_weights, default=dict(INITIAL_WEIGHTS), metavar="L1=..,FFT=..,GAN=..",
                     help="the start weights, which Fixed keeps (default l1=1,fft=0.1,gan=0.01; e.g. gan=0.1 for a "
                          "mis-set start that an agent should recover from); unnamed terms keep their default")
+    ap.add_argument("--eval-ema", type=float, default=0.99, metavar="DECAY",
+                    help="score the final evaluation on an EMA of the weights with this decay (default 0.99; "
+                         "0 = the last iterate, as the first result files did)")
     ap.add_argument("--max-weight", type=float, default=10.0, help="WeightConstraints.max_weight")
     ap.add_argument("--max-step", type=float, default=2.0, help="WeightConstraints.max_step (factor per stage)")
     ap.add_argument("--out", default="benchmarks/results/quality.json", help="JSON results; quality.png beside it")
@@ -695,6 +708,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if min(args.seeds, args.stages, args.stage_iters, args.batch) < 1 or args.pretrain_iters < 0:
         ap.error("--seeds, --stages, --stage-iters and --batch must be positive")
+    if not 0.0 <= args.eval_ema < 1.0:
+        ap.error("--eval-ema must be in [0, 1): 0 = the last iterate, else the EMA decay (e.g. 0.99)")
     if args.patch % SCALE:
         ap.error(f"--patch must be a multiple of {SCALE}")
     args.constraints = al.WeightConstraints(max_weight=args.max_weight, max_step=args.max_step)
@@ -735,7 +750,7 @@ def merge_results(paths: Sequence[str]) -> dict[str, Any]:
     """One result set from files made with the same settings (the methods of each are added)."""
     merged: dict[str, Any] | None = None
     # What a run's result depends on must match; the number of seeds need not (each run carries its seed).
-    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints")
+    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints", "eval_ema")
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if merged is None:
@@ -783,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     niqe_kwargs = niqe_kwargs_for(args)
     split = build_split()
     settings = {k: getattr(args, k) for k in ("seeds", "stages", "stage_iters", "batch", "patch", "pretrain_iters",
-                                                "quick", "torch_threads", "run_dir")}
+                                                "quick", "torch_threads", "run_dir", "eval_ema")}
     settings.update(initial_weights=args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints.to_dict(),
                     needs=NEEDS, lr=TRAIN_LR, niqe_params=niqe_kwargs.get("pretrained_model_path"),
                     argv=list(sys.argv[1:] if argv is None else argv))

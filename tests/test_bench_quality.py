@@ -102,6 +102,9 @@ def test_quick_run_end_to_end(bq, tmp_path, niqe_params, capsys):
         assert f["stages"][0]["scores"] == r["stages"][0]["scores"]
         assert f["stages"][1]["scores"] == pytest.approx(r["stages"][1]["scores"])
     assert all(r["final_weights"] == {"l1": 1.0, "fft": 0.1, "gan": 0.01} for r in fixed)
+    # The final evaluation scores the EMA of the weights; the last iterate is kept beside it.
+    assert data["settings"]["eval_ema"] == 0.99
+    assert all(r["eval_last"]["mean"]["psnr_y"] != r["eval"]["mean"]["psnr_y"] for r in fixed)
     assert data["summary"]["random"]["vs_fixed"]["niqe"]["n"] == 2
     assert (tmp_path / "runs" / "random" / "seed1" / "stages.jsonl").is_file()
     assert list((tmp_path / "cache").glob("smallsr_l1_*.pt"))  # the start is cached ...
@@ -162,3 +165,6 @@ def test_initial_weights_flag(bq):
     for bad in ("perceptual=1", "gan=abc", "gan=-1", "gan"):
         with pytest.raises(SystemExit):
             bq.parse_args(["--quick", "--initial-weights", bad])
+    assert bq.parse_args(["--quick", "--eval-ema", "0"]).eval_ema == 0.0
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--quick", "--eval-ema", "1"])
