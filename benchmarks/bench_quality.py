@@ -29,7 +29,7 @@ quantised to 8 bits) through ``agentloss.datasets.evaluation.evaluate``, of an e
 average of the generator's weights (``--eval-ema 0.99``, kept by ``torch.optim.swa_utils``): the
 last iterate's NIQE moves about +-0.035 from one iteration to the next, more than most paired
 differences between methods, the EMA's about +-0.008 (``--eval-ema 0`` scores the last iterate,
-as the first result files did; the last iterate is scored and saved as ``eval_last`` either way). NIQE raises on flat,
+as the first result files did; with an EMA the last iterate is scored too and saved as ``eval_last``). NIQE raises on flat,
 collapsed outputs; such an image is recorded as NaN with the error, and that seed's mean NIQE is
 then missing (never silently averaged over the images that did score, which would reward the
 collapse); the table counts these.
