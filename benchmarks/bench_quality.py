@@ -37,7 +37,7 @@ collapse); the table counts these.
 Output: a table (mean +- std over seeds; paired difference against Fixed with a 95 % Student-t
 interval and a verdict; per-seed differences; time per method), ``--out`` (JSON with everything:
 settings, split, per-image eval scores, per-stage weights and probe scores, timings) and
-``quality.png`` beside it. Per-stage records also go to ``<run-dir>/<method>/seed<k>/``
+a plot beside it (``quality.json`` -> ``quality.png``). Per-stage records also go to ``<run-dir>/<method>/seed<k>/``
 (``agentloss show`` / ``agentloss plot`` read them).
 
 Commands::
@@ -693,7 +693,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "0 = the last iterate, as the first result files did)")
     ap.add_argument("--max-weight", type=float, default=10.0, help="WeightConstraints.max_weight")
     ap.add_argument("--max-step", type=float, default=2.0, help="WeightConstraints.max_step (factor per stage)")
-    ap.add_argument("--out", default="benchmarks/results/quality.json", help="JSON results; quality.png beside it")
+    ap.add_argument("--out", default="benchmarks/results/quality.json", help="JSON results; the plot beside it, same name, .png")
     ap.add_argument("--run-dir", default="runs/bench_quality", help="stage records go to RUN_DIR/<method>/seed<k>")
     ap.add_argument("--niqe-params", default=None,
                     help=f"niqe_modelparameters.mat (default: {DEFAULT_NIQE_PARAMS} if present, else pyiqa's download)")
@@ -787,11 +787,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["summary"] = summarize(results)
         out = Path(args.out)
         write_json(out, results)
-        plot_results(results, out.with_name("quality.png"))
+        plot_results(results, out.with_suffix(".png"))
         print(format_report(results, results["summary"]))
         if "random" in results["methods"]:
             print("\n".join(paired_section(results, summarize(results, "random"), "random")))
-        print(f"\nresults: {out}; plot: {out.with_name('quality.png')}")
+        print(f"\nresults: {out}; plot: {out.with_suffix('.png')}")
         return results
     torch.set_num_threads(args.torch_threads)
     methods = resolve_methods(args)  # bad configs fail here, before any training
@@ -829,11 +829,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = summarize(results)
     results["summary"] = summary
     write_json(out, results)
-    plot_results(results, out.with_name("quality.png"))
+    plot_results(results, out.with_suffix(".png"))
     log(format_report(results, summary))
     if "random" in results["methods"]:
         log("\n".join(paired_section(results, summarize(results, "random"), "random")))
-    log(f"\nresults: {out}; plot: {out.with_name('quality.png')}; stage records: {args.run_dir}/<method>/seed<k>/")
+    log(f"\nresults: {out}; plot: {out.with_suffix('.png')}; stage records: {args.run_dir}/<method>/seed<k>/")
     return results
 
 
