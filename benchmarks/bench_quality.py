@@ -29,16 +29,16 @@ quantised to 8 bits) through ``agentloss.datasets.evaluation.evaluate``, of an e
 average of the generator's weights (``--eval-ema 0.99``, kept by ``torch.optim.swa_utils``): the
 last iterate's NIQE moves about +-0.035 from one iteration to the next, more than most paired
 differences between methods, the EMA's about +-0.008 (``--eval-ema 0`` scores the last iterate,
-as the first result files did; with an EMA the last iterate is scored too and saved as ``eval_last``). NIQE raises on flat,
-collapsed outputs; such an image is recorded as NaN with the error, and that seed's mean NIQE is
-then missing (never silently averaged over the images that did score, which would reward the
-collapse); the table counts these.
+as the first result files did; with an EMA the last iterate is scored too and saved as
+``eval_last``). NIQE raises on flat, collapsed outputs; such an image is recorded as NaN with the
+error, and that seed's mean NIQE is then missing (never silently averaged over the images that did
+score, which would reward the collapse); the table counts these.
 
 Output: a table (mean +- std over seeds; paired difference against Fixed with a 95 % Student-t
 interval and a verdict; per-seed differences; time per method), ``--out`` (JSON with everything:
 settings, split, per-image eval scores, per-stage weights and probe scores, timings) and
-a plot beside it (``quality.json`` -> ``quality.png``). Per-stage records also go to ``<run-dir>/<method>/seed<k>/``
-(``agentloss show`` / ``agentloss plot`` read them).
+a plot beside it (``quality.json`` -> ``quality.png``). Per-stage records also go to
+``<run-dir>/<method>/seed<k>/`` (``agentloss show`` / ``agentloss plot`` read them).
 
 Commands::
 

@@ -378,8 +378,6 @@ class GuidedAgent(BaseAgent):
     def _run_trials(self, ctx: DecisionContext, ranked: list[Candidate], allowed: list[Candidate],
                     facts: dict[str, Any]) -> tuple[list[Candidate], dict[str, Any]]:
         """Try "keep" and the best ``trials`` moves from a snapshot; re-rank the allowed moves by what was measured."""
-        import time
-
         assert ctx.trial is not None
         keep = next(c for c in ranked if not c.log_change)
         moves = [c for c in allowed if c.log_change][: self.trials]
