@@ -113,3 +113,23 @@ class SnapshotTrials:
         torch.set_rng_state(snap["rng"])
         if snap["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(snap["cuda_rng"])
+
+
+def trials_for(agent_config: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+               make_batches: Callable[[], Iterator[Batch]]) -> SnapshotTrials | None:
+    """The ``SnapshotTrials`` an agent config asks for (``trials: N`` > 0), else ``None``.
+
+    ``make_batches`` is called only when trials are wanted; give it a stream of its own (another
+    seed), so that the training stream stays the one a method without trials sees.
+
+    >>> model = torch.nn.Conv2d(3, 3, 1)
+    >>> opt = torch.optim.Adam(model.parameters())
+    >>> trials_for({"type": "fixed"}, opt, lambda: iter([])) is None
+    True
+    >>> trials_for({"type": "guided", "trials": 2, "trial_steps": 15}, opt, lambda: iter([])).steps
+    15
+    """
+    if int(agent_config.get("trials") or 0) <= 0:
+        return None
+    return SnapshotTrials(optimizer, make_batches(), steps=int(agent_config.get("trial_steps") or 20))
+

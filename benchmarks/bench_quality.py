@@ -99,7 +99,7 @@ from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, 
 from agentloss.datasets.benchmarks import ImagePair
 from agentloss.datasets.evaluation import evaluate
 from agentloss.records import json_safe
-from agentloss.trials import SnapshotTrials
+from agentloss.trials import trials_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2
@@ -468,11 +468,9 @@ def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Na
     objectives = [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")]
     run_dir = Path(args.run_dir) / method / f"seed{seed}"
     opt = torch.optim.Adam(model.parameters(), TRAIN_LR)
-    trials = None
-    if int(config.get("trials", 0) or 0) > 0:
-        # Trials draw their own batches (another seed): the training stream stays the one Fixed sees.
-        trial_stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed + 1_000_003)
-        trials = SnapshotTrials(opt, trial_stream, steps=int(config.get("trial_steps") or 20))
+    # Trials draw their own batches (another seed): the training stream stays the one Fixed sees.
+    trials = trials_for(config, opt, lambda: PatchPairStream(split.train, SCALE, args.patch, args.batch,
+                                                             seed=seed + 1_000_003))
     sched = al.StageScheduler(loss_fn, agent, objectives, model, split.probe_lq, probe_references=split.probe_hr,
                               stage_length=args.stage_iters, total_stages=args.stages, run_dir=run_dir, trials=trials)
     stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed)

@@ -300,7 +300,7 @@ class GuidedAgent(BaseAgent):
         return f'root ::= "Choice: " ({letters}) "\\nThoughts: " [^\\n]+'
 
     def _ask(self, messages: list[dict[str, str]], labels: list[str]) -> tuple[str | None, str | None, list, int, str | None]:
-        from ..backends.base import BackendError
+        from ..backends.base import BackendError, ChatResult
 
         exchange: list[dict[str, Any]] = [dict(m) for m in messages]
         grammar = self._grammar(labels) if self.use_grammar and getattr(self.backend, "supports_grammar", False) else None
@@ -315,14 +315,12 @@ class GuidedAgent(BaseAgent):
                 return None, None, exchange, attempt, f"backend error: {e}"
             except Exception as e:  # noqa: BLE001 - a misbehaving backend is still not a crash
                 return None, None, exchange, attempt, f"backend failed: {type(e).__name__}: {e}"
-            text = getattr(res, "text", None) or ""
+            res = ChatResult.coerce(res)
+            text = res.text or ""
             # The backend's own numbers (llama.cpp: prompt tokens actually evaluated, prompt/eval ms) show
             # where a decision's time went.
-            call = {"attempt": attempt, "seconds": round(time.perf_counter() - t0, 4),
-                    "finish_reason": getattr(res, "finish_reason", None),
-                    "prompt_tokens": getattr(res, "prompt_tokens", None),
-                    "completion_tokens": getattr(res, "completion_tokens", None),
-                    **{k: v for k, v in (getattr(res, "info", None) or {}).items()
+            call = {**res.call_record(attempt, time.perf_counter() - t0),
+                    **{k: v for k, v in (res.info or {}).items()
                        if isinstance(v, (int, float, str, bool)) or v is None}}
             exchange.append({"role": "assistant", "content": text, **call})
             m = _CHOICE.search(text)

@@ -185,13 +185,9 @@ class LLMAgent(BaseAgent):
             except Exception as exc:  # noqa: BLE001 - a misbehaving backend is still not a crash
                 return fallback(f"backend failed: {type(exc).__name__}: {exc}", attempt)
             seconds = time.perf_counter() - t0
-            if not isinstance(result, ChatResult):
-                result = ChatResult(text=str(getattr(result, "text", result)),
-                                    finish_reason=getattr(result, "finish_reason", None))
+            result = ChatResult.coerce(result)
             text = result.text if isinstance(result.text, str) else str(result.text)
-            call = {"attempt": attempt, "seconds": round(result.seconds if result.seconds is not None else seconds, 4),
-                    "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens}
+            call = result.call_record(attempt, seconds)
             info["calls"].append(call)
             exchange.append({"role": "assistant", "content": text, **call})
 

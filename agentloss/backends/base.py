@@ -36,6 +36,23 @@ class ChatResult:
     seconds: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def coerce(cls, result: Any) -> ChatResult:
+        """A backend's answer as a ChatResult (a foreign object keeps its text and finish reason)."""
+        if isinstance(result, cls):
+            return result
+        return cls(text=str(getattr(result, "text", result)), finish_reason=getattr(result, "finish_reason", None))
+
+    def call_record(self, attempt: int, measured_seconds: float) -> dict[str, Any]:
+        """What a decision record keeps of one call (the backend's own time when it gives one).
+
+        >>> ChatResult("x", "stop", 5, 1).call_record(1, 0.25)["seconds"]
+        0.25
+        """
+        seconds = self.seconds if self.seconds is not None else measured_seconds
+        return {"attempt": attempt, "seconds": round(seconds, 4), "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
 
 @runtime_checkable
 class ChatBackend(Protocol):

@@ -38,7 +38,7 @@ from ..datasets import evaluate
 from ..plotting import plot_run
 from ..records import StageRecord, read_records
 from ..scheduler import StageScheduler
-from ..trials import SnapshotTrials
+from ..trials import trials_for
 from .build import (
     EvalSet,
     build_eval_sets,
@@ -149,9 +149,7 @@ def train_method(cfg: RunConfig, method: str, start: dict[str, torch.Tensor] | N
     needs_ref = any(o.needs_reference for o in objectives)
     stages = cfg.train.stages
     opt = torch.optim.Adam(model.parameters(), cfg.train.lr, betas=cfg.train.betas)
-    trials = None
-    if int(agent_cfg.get("trials", 0) or 0) > 0:  # the agent tries weightings from snapshots: give it batches
-        trials = SnapshotTrials(opt, build_stream(cfg, seed=cfg.seed + 7919), steps=int(agent_cfg.get("trial_steps") or 20))
+    trials = trials_for(agent_cfg, opt, lambda: build_stream(cfg, seed=cfg.seed + 7919))
     sched = StageScheduler(loss_fn, agent, objectives, model, [p.to(device) for p in probe_lq],
                            probe_references=[p.to(device) for p in probe_gt] if needs_ref else None,
                            stage_length=cfg.train.stage_length, total_stages=stages, run_dir=run_dir,
