@@ -633,7 +633,7 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     s0 = results["start"]["eval"]["mean"]
     ax1.scatter([s0["psnr_y"]], [s0["niqe"]], marker="*", s=160, c="k", label="start (S0)")
     methods = list(results["methods"])
-    names = list(INITIAL_WEIGHTS)
+    names = list(results["settings"].get("initial_weights") or INITIAL_WEIGHTS)
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         runs = results["methods"][method]["runs"]
@@ -683,9 +683,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--first-seed", type=int, default=0,
                     help="run seeds FIRST..FIRST+N-1 (more seeds later; --merge joins them to earlier files)")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
-    ap.add_argument("--initial-weights", type=parse_weights, default=dict(INITIAL_WEIGHTS), metavar="L1=..,FFT=..,GAN=..",
-                    help="the start weights, which Fixed keeps (default l1=1,fft=0.1,gan=0.01; e.g. gan=0.1 for a "
-                         "mis-set start that an agent should recover from); unnamed terms keep their default")
+    ap.add_argument("--loss", type=parse_loss, default=dict(INITIAL_WEIGHTS), metavar="NAME=W,...",
+                    help="the loss repository and its start weights, which Fixed keeps (default l1=1,fft=0.1,gan=0.01; "
+                         "any registered term that downloads nothing, e.g. l1=1,mscn=0.1,gan=0.01)")
+    ap.add_argument("--initial-weights", default="", metavar="NAME=W,...",
+                    help="change some start weights of --loss (e.g. gan=0.1 for a mis-set start that an agent "
+                         "should recover from); unnamed terms keep their --loss weight")
     ap.add_argument("--eval-ema", type=float, default=0.99, metavar="DECAY",
                     help="score the final evaluation on an EMA of the weights with this decay (default 0.99; "
                          "0 = the last iterate, as the first result files did)")
@@ -714,17 +717,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--eval-ema must be in [0, 1): 0 = the last iterate, else the EMA decay (e.g. 0.99)")
     if args.patch % SCALE:
         ap.error(f"--patch must be a multiple of {SCALE}")
+    try:
+        args.initial_weights = parse_weights(args.initial_weights, base=args.loss)
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"--initial-weights: {e}")
     args.constraints = al.WeightConstraints(max_weight=args.max_weight, max_step=args.max_step)
     return args
 
 
-def parse_weights(text: str) -> dict[str, float]:
-    """``"gan=0.1"`` or ``"l1=1,fft=0.1,gan=0.1"`` -> the full weight dict (unnamed terms keep their default).
+def parse_loss(text: str) -> dict[str, float]:
+    """``"l1=1,mscn=0.1,gan=0.01"`` -> the loss repository with its start weights, in that order.
+
+    Terms must be registered and download nothing (the benchmark runs offline).
+
+    >>> parse_loss("l1=1,mscn=0.1,gan=0.01")
+    {'l1': 1.0, 'mscn': 0.1, 'gan': 0.01}
+    """
+    from agentloss.losses import LOSS_REGISTRY, resolve_loss_name
+
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name = part.partition("=")[0].strip().lower()
+        try:
+            key = resolve_loss_name(name)
+        except KeyError as e:
+            raise argparse.ArgumentTypeError(str(e.args[0])) from None
+        if LOSS_REGISTRY[key].downloads:
+            raise argparse.ArgumentTypeError(f"{name!r} downloads {LOSS_REGISTRY[key].downloads}; the benchmark "
+                                             "uses terms that need no download")
+        weights[name] = 0.0
+    if not weights:
+        raise argparse.ArgumentTypeError("expected NAME=WEIGHT,... with at least one term")
+    return parse_weights(text, base=weights)
+
+
+def parse_weights(text: str, base: Mapping[str, float] = INITIAL_WEIGHTS) -> dict[str, float]:
+    """``"gan=0.1"`` or ``"l1=1,fft=0.1,gan=0.1"`` -> the full weight dict (unnamed terms keep ``base``'s).
 
     >>> parse_weights("gan=0.1")
     {'l1': 1.0, 'fft': 0.1, 'gan': 0.1}
     """
-    weights = dict(INITIAL_WEIGHTS)
+    weights = dict(base)
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         name = name.strip().lower()

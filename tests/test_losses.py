@@ -19,11 +19,13 @@ from agentloss.losses import (
     GANLoss,
     L1Loss,
     LPIPSLoss,
+    MSCNLoss,
     MSELoss,
     PatchDiscriminator,
     PerceptualLoss,
     SSIMLoss,
     create_loss,
+    mscn,
     register_loss,
     resolve_loss_name,
     ssim,
@@ -38,6 +40,7 @@ OFFLINE_OPTIONS: dict[str, dict] = {
     "charbonnier": {},
     "ssim": {},
     "fft": {},
+    "mscn": {},
     "perceptual": {"weights": None, "layers": {"relu2_2": 1.0, "conv3_1": 1.0}},
     "gan": {"width": 4, "depth": 1},
     "lpips": {"net": "squeeze", "pretrained": False, "pretrained_backbone": False},
@@ -152,6 +155,32 @@ def test_fft_known_values():
     x = torch.rand(1, 3, 8, 8, requires_grad=True)
     FFTLoss(component="amplitude")(x, x.detach()).backward()  # |F| at equal spectra must not give NaN
     assert torch.isfinite(x.grad).all()
+
+
+def test_mscn_known_properties():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    m = mscn(x)
+    assert m.shape == (2, 1, 32, 32)
+    # A flat image has no structure: its MSCN map is zero, and so is the gradient through it (no NaN from sqrt).
+    flat = torch.full((1, 3, 16, 16), 0.5, requires_grad=True)
+    assert mscn(flat).abs().max().item() < 1e-4
+    MSCNLoss()(flat, x[:1, :, :16, :16]).backward()
+    assert torch.isfinite(flat.grad).all()
+    # Contrast-normalised: a faint copy of a texture is nearly the same map, while blur is far from it.
+    faint = 0.3 * x + 0.35
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    loss = MSCNLoss()
+    assert loss(faint, x).item() < 0.1 * loss(blurred, x).item()
+    # Grey and RGB agree when the channels are equal; half precision is computed in float32.
+    grey = x[:, :1]
+    assert torch.allclose(mscn(grey.expand(-1, 3, -1, -1)), mscn(grey), atol=1e-4)
+    assert mscn(x.half()).dtype == torch.float32
+    with pytest.raises(ValueError, match="odd"):
+        MSCNLoss(win_size=4)
+    with pytest.raises(ValueError, match="image tensor"):
+        mscn(torch.rand(1, 2, 8, 8))
+    assert resolve_loss_name("nss") == "mscn" and LOSS_REGISTRY["mscn"].downloads is None
 
 
 # ---------------------------------------------------------------------------------- registry

@@ -2,7 +2,7 @@
 
 Built-in terms: ``l1``, ``mse`` (``l2``), ``charbonnier``, ``ssim``, ``fft`` (``frequency``) from
 ``pixel``; ``perceptual`` (``vgg``) from ``perceptual``; ``gan`` (``adversarial``) from ``gan``;
-``lpips`` from ``lpips`` (pyiqa is imported only when an LPIPS term is built).
+``mscn`` (``nss``) from ``statistics``; ``lpips`` from ``lpips`` (pyiqa is imported only when an LPIPS term is built).
 """
 
 # Importing each module registers its terms.
@@ -10,6 +10,7 @@ from .gan import GANLoss, PatchDiscriminator
 from .lpips import LPIPSLoss
 from .perceptual import VGG19_LAYER_NAMES, PerceptualLoss, freeze_as_buffers
 from .pixel import CharbonnierLoss, FFTLoss, L1Loss, MSELoss, SSIMLoss, ssim
+from .statistics import MSCNLoss, luma, mscn
 from .registry import LOSS_REGISTRY, LossSpec, create_loss, list_losses, register_loss, resolve_loss_name
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "L1Loss",
     "LPIPSLoss",
     "LossSpec",
+    "MSCNLoss",
     "MSELoss",
     "PatchDiscriminator",
     "PerceptualLoss",
@@ -28,6 +30,8 @@ __all__ = [
     "create_loss",
     "freeze_as_buffers",
     "list_losses",
+    "luma",
+    "mscn",
     "register_loss",
     "resolve_loss_name",
     "ssim",
