@@ -47,6 +47,7 @@ Commands::
     python benchmarks/bench_quality.py --openai-url http://127.0.0.1:8000/v1 --openai-model my-model
     python benchmarks/bench_quality.py --methods fixed,guided --method guided=configs/guided.yaml
     python benchmarks/bench_quality.py --methods fixed,random --method 'rand2={"type": "random", "max_factor": 2.0}'
+    python benchmarks/bench_quality.py --loss l1=1,mscn=0.1,gan=0.01 --methods fixed   # another loss repository
     python benchmarks/bench_quality.py --quick                           # smoke test, well under a minute
 
 ``--method NAME=PATH_OR_JSON`` adds a method from any agent config ``agentloss.create_agent``

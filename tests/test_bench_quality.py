@@ -166,5 +166,13 @@ def test_initial_weights_flag(bq):
         with pytest.raises(SystemExit):
             bq.parse_args(["--quick", "--initial-weights", bad])
     assert bq.parse_args(["--quick", "--eval-ema", "0"]).eval_ema == 0.0
+    # --loss sets the repository; --initial-weights then changes some of its weights.
+    args = bq.parse_args(["--quick", "--loss", "l1=1,mscn=0.1,gan=0.01", "--initial-weights", "mscn=0.3"])
+    assert args.initial_weights == {"l1": 1.0, "mscn": 0.3, "gan": 0.01}
+    for bad in ("nope=1", "perceptual=0.1", "lpips=1", "l1=x", ""):  # unknown, downloading, not a number, empty
+        with pytest.raises(SystemExit):
+            bq.parse_args(["--quick", "--loss", bad])
+    with pytest.raises(SystemExit):  # fft is not in this repository
+        bq.parse_args(["--quick", "--loss", "l1=1,mscn=0.1", "--initial-weights", "fft=0.1"])
     with pytest.raises(SystemExit):
         bq.parse_args(["--quick", "--eval-ema", "1"])
