@@ -558,26 +558,27 @@ def _ci(s: Mapping[str, Any], digits: int) -> str:
 def paired_section(results: Mapping[str, Any], summary: Mapping[str, Any], baseline: str) -> list[str]:
     """The paired-difference tables (interval, verdict, per seed) of every method against ``baseline``."""
     lines: list[str] = []
+    w = _name_width(results)
     key = "vs_" + baseline
     compared = {m: e for m, e in summary.items() if key in e}
     if not compared:
         lines.append(f"\n(no paired comparison: method {baseline!r} was not run)")
     else:
         lines.append(f"\n## Paired difference vs {baseline} (same seed): mean [95 % Student-t interval]")
-        lines.append(f"{'method':<24} {'n':>2} {'ΔNIQE':>26} {'ΔNIQE %':>8} {'NIQE verdict':>13} {'p flip':>7} "
+        lines.append(f"{'method':<{w}} {'n':>2} {'ΔNIQE':>26} {'ΔNIQE %':>8} {'NIQE verdict':>13} {'p flip':>7} "
                      f"{'ΔPSNR_Y dB':>26} {'PSNR verdict':>13}")
         for method, e in compared.items():
             n, p = e[key]["niqe"], e[key]["psnr_y"]
             rel = f"{n['relative_pct']:+.1f} %" if _finite(n["relative_pct"]) else "n/a"
             pf = n.get("p_sign_flip", math.nan)
-            lines.append(f"{method:<24} {n['n']:>2} {_ci(n, 3):>26} {rel:>8} {n['verdict']:>13} "
+            lines.append(f"{method:<{w}} {n['n']:>2} {_ci(n, 3):>26} {rel:>8} {n['verdict']:>13} "
                          f"{_fmt(pf, 3):>7} {_ci(p, 3):>26} {p['verdict']:>13}")
         lines.append("verdict: better/worse when the interval excludes 0 (NIQE lower = better, PSNR higher = better); "
                      "p flip: exact two-sided sign-flip test of the NIQE differences")
         lines.append(f"\n## Per-seed differences vs {baseline} (ΔNIQE / ΔPSNR_Y dB)")
         base = {r["seed"]: r["eval"]["mean"] for r in results["methods"][baseline]["runs"]}
         seeds = sorted(base)
-        lines.append(f"{'method':<24} " + " ".join(f"{'seed ' + str(s):>17}" for s in seeds))
+        lines.append(f"{'method':<{w}} " + " ".join(f"{'seed ' + str(s):>17}" for s in seeds))
         for method in compared:
             mine = {r["seed"]: r["eval"]["mean"] for r in results["methods"][method]["runs"]}
             cells = []
@@ -587,31 +588,37 @@ def paired_section(results: Mapping[str, Any], summary: Mapping[str, Any], basel
                     continue
                 dn, dp = mine[s]["niqe"] - base[s]["niqe"], mine[s]["psnr_y"] - base[s]["psnr_y"]
                 cells.append(f"{_fmt(dn, 3, '+')} / {_fmt(dp, 3, '+')}".rjust(17))
-            lines.append(f"{method:<24} " + " ".join(cells))
+            lines.append(f"{method:<{w}} " + " ".join(cells))
     return lines
+
+
+def _name_width(results: Mapping[str, Any]) -> int:
+    """The method column's width: long method names must not shift the other columns."""
+    return max(24, *(len(m) for m in results["methods"]))
 
 
 def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], baseline: str = "fixed") -> str:
     lines: list[str] = []
+    w = _name_width(results)
     n_eval = len(results["split"]["eval"])
     lines.append(f"\n## Final evaluation: {n_eval} images never trained on nor probed "
                  f"(mean over images; mean ± std over seeds)")
-    lines.append(f"{'method':<24} {'seeds':>5} {'NIQE ↓':>17} {'PSNR_Y ↑ dB':>17} {'NIQE failed':>11}")
+    lines.append(f"{'method':<{w}} {'seeds':>5} {'NIQE ↓':>17} {'PSNR_Y ↑ dB':>17} {'NIQE failed':>11}")
     s0 = results["start"]["eval"]["mean"]
-    lines.append(f"{'start (S0)':<24} {'':>5} {_fmt(s0['niqe'], 3):>17} {_fmt(s0['psnr_y'], 3):>17}")
+    lines.append(f"{'start (S0)':<{w}} {'':>5} {_fmt(s0['niqe'], 3):>17} {_fmt(s0['psnr_y'], 3):>17}")
     for method, e in summary.items():
-        lines.append(f"{method:<24} {len(e['seeds']):>5} {_pm(e['niqe']['mean'], e['niqe']['std'], 3):>17} "
+        lines.append(f"{method:<{w}} {len(e['seeds']):>5} {_pm(e['niqe']['mean'], e['niqe']['std'], 3):>17} "
                      f"{_pm(e['psnr_y']['mean'], e['psnr_y']['std'], 3):>17} {e['niqe_failures']:>11}")
     if any(e["niqe_failures"] for e in summary.values()):
         lines.append("NIQE failed = images whose NIQE raised (flat, collapsed output): recorded as NaN; "
                      "a seed with one counts as missing in the NIQE mean and the paired statistics.")
     lines += paired_section(results, summary, baseline)
     lines.append("\n## Time per method (s, summed over seeds): training, scoring (probe restore+score), agent, final eval")
-    lines.append(f"{'method':<24} {'train':>8} {'scoring':>8} {'agent':>8} {'eval':>7} {'wall':>8} {'per run':>8}")
+    lines.append(f"{'method':<{w}} {'train':>8} {'scoring':>8} {'agent':>8} {'eval':>7} {'wall':>8} {'per run':>8}")
     for method, e in summary.items():
         t = e["timings"]
         per_run = e["wall_s"] / max(1, len(e["seeds"]))
-        lines.append(f"{method:<24} {t['train_s']:>8.1f} {t['scoring_s']:>8.1f} {t['agent_s']:>8.1f} "
+        lines.append(f"{method:<{w}} {t['train_s']:>8.1f} {t['scoring_s']:>8.1f} {t['agent_s']:>8.1f} "
                      f"{t['eval_s']:>7.1f} {e['wall_s']:>8.1f} {per_run:>8.1f}")
     pre = results["start"]["pretrain"]
     pre_time = "cached" if pre["cached"] else f"{pre['seconds']:.1f} s"
