@@ -241,11 +241,11 @@ def _finite(x: Any) -> bool:
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
-    """Mean, sample std (0 for one value) and count of the finite values."""
+    """Mean, sample std (NaN for one value: no spread is known) and count of the finite values."""
     v = [float(x) for x in values if _finite(x)]
     if not v:
         return math.nan, math.nan, 0
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else math.nan), len(v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +546,9 @@ def summarize(results: Mapping[str, Any], baseline: str = "fixed") -> dict[str, 
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
-    return "n/a" if not _finite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if not _finite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if _finite(std) else f"{mean:.{digits}f} (1 seed)"
 
 
 def _ci(s: Mapping[str, Any], digits: int) -> str:
