@@ -46,6 +46,7 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
     labels: Counter[str] = Counter()
     decided = asked = retried = fallbacks = 0
     seconds: list[float] = []
+    trial_s = 0.0
     prompt: list[int] = []
     evaluated: list[int] = []
     for records in records_by_seed.values():
@@ -56,6 +57,9 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
             decided += 1
             fallbacks += rec.fallback is not None
             info = d.get("info") or {}
+            trials = info.get("trials")
+            if isinstance(trials, dict):
+                trial_s += float(trials.get("seconds") or 0.0)
             calls = _calls(d)
             if not calls:
                 continue  # one option left (or no model): nothing to ask
@@ -73,22 +77,27 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
     med = (lambda xs: statistics.median(xs) if xs else float("nan"))
     return {"seeds": len(records_by_seed), "decisions": decided, "asked": asked, "labels": dict(labels),
             "not_a": sum(labels.values()) - labels.get("A", 0), "retried": retried, "fallbacks": fallbacks,
-            "call_s_median": med(seconds), "prompt_tokens_median": med(prompt),
+            "call_s_median": med(seconds),
+            "trials_s_per_run": trial_s / max(1, len(records_by_seed)),
+            "llm_s_per_run": sum(seconds) / max(1, len(records_by_seed)), "prompt_tokens_median": med(prompt),
             "prompt_eval_tokens_median": med(evaluated)}
 
 
 def format_stats(stats: dict[str, dict[str, Any]]) -> str:
     head = (f"{'method':<28} {'seeds':>5} {'decisions':>9} {'asked':>6} {'not A':>6} {'choices':<18} "
-            f"{'retried':>7} {'fallback':>8} {'s/call':>7} {'prompt tok':>10} {'evaluated':>9}")
+            f"{'retried':>7} {'fallback':>8} {'s/call':>7} {'prompt tok':>10} {'evaluated':>9} {'LLM s/run':>9} "
+            f"{'trials s/run':>12}")
     lines = [head]
     for method, s in stats.items():
         choices = " ".join(f"{k}:{v}" for k, v in sorted(s["labels"].items())) or "-"
         lines.append(f"{method:<28} {s['seeds']:>5} {s['decisions']:>9} {s['asked']:>6} {s['not_a']:>6} "
                      f"{choices:<18} {s['retried']:>7} {s['fallbacks']:>8} {s['call_s_median']:>7.1f} "
-                     f"{s['prompt_tokens_median']:>10.0f} {s['prompt_eval_tokens_median']:>9.0f}")
+                     f"{s['prompt_tokens_median']:>10.0f} {s['prompt_eval_tokens_median']:>9.0f} {s['llm_s_per_run']:>9.1f} "
+                     f"{s['trials_s_per_run']:>12.1f}")
     lines.append("asked: decisions the model was asked (a guided agent with one option left keeps it unasked); "
                  "not A, choices: which of a guided agent's ranked options the model took; s/call, prompt tok, evaluated: medians "
-                 "per call (evaluated = prompt tokens not reused from the backend's cache)")
+                 "per call (evaluated = prompt tokens not reused from the backend's cache); LLM s/run, trials s/run: the "
+                 "agent time of a run spent in model calls and in snapshot trials")
     return "\n".join(lines)
 
 

@@ -30,7 +30,8 @@ def _guided(chosen: str, calls: list[dict], labels: str = "AB") -> dict:
     exchange = ([{"role": "system", "content": "sys"}, {"role": "user", "content": "Options: A) ... B) ..."}]
                 + [{"role": "assistant", "content": f"Choice: {chosen}\nThoughts: because", **c} for c in calls])
     return {"weights": {"l1": 1.0, "gan": 0.01}, "exchange": exchange if calls else [],
-            "info": {"chosen": {"label": chosen, "action": f"move {chosen}"}, "shown": shown}}
+            "info": {"chosen": {"label": chosen, "action": f"move {chosen}"}, "shown": shown,
+                     "trials": {"steps": 5, "seconds": 2.0 if calls else 0.0}}}
 
 
 def _write(run_dir: Path, decisions: list[dict], fallbacks: list[str | None]) -> None:
@@ -53,6 +54,7 @@ def test_stats_and_example(dec, tmp_path, capsys):
     assert (s["seeds"], s["decisions"], s["asked"], s["not_a"], s["retried"], s["fallbacks"]) == (2, 4, 3, 1, 1, 1)
     assert s["labels"] == {"A": 2, "B": 1}
     assert s["call_s_median"] == 10.0 and s["prompt_eval_tokens_median"] == 300
+    assert s["llm_s_per_run"] == 30.0 and s["trials_s_per_run"] == 3.0  # (10 + 30 + 10 + 10) s, 2 x 3 s, over 2 seeds
     f = dec.decision_stats(runs["fixed"])
     assert (f["decisions"], f["asked"], f["not_a"]) == (1, 0, 0)
     assert dec.main([str(tmp_path), "--example", "guided/0/1"]) == 0
