@@ -42,7 +42,7 @@ a plot beside it (``quality.json`` -> ``quality.png``). Per-stage records also g
 
 Commands::
 
-    python benchmarks/bench_quality.py                                   # fixed, random, llm-paper x 5 seeds
+    python benchmarks/bench_quality.py                                   # fixed, random, llm-paper, guided-trials60 x 5 seeds
     python benchmarks/bench_quality.py --gguf ~/.cache/agentloss-models/qwen2.5-1.5b-instruct-q4_k_m.gguf
     python benchmarks/bench_quality.py --openai-url http://127.0.0.1:8000/v1 --openai-model my-model
     python benchmarks/bench_quality.py --methods fixed,guided --method guided=configs/guided.yaml
@@ -64,7 +64,9 @@ a stage, final evaluation 2-3 s, so a Fixed or Random run takes about 90 s. An `
 with the embedded SmolLM2 adds 22 s for the first decision and about 14 s for each later one (the
 prompt prefix stays in llama.cpp's cache): 7 decisions, about 200 s a run. The L1 pretraining
 (2000 iterations) takes about 50 s once, then comes from the cache. Fixed + Random + llm-paper x
-5 seeds: about 32 minutes. On a machine other programs are using, keep llama.cpp at one thread
+5 seeds: about 32 minutes. ``guided-trials60`` adds 3 x 60 trial iterations and up to one model
+call per stage end: with Qwen2.5-Coder-1.5B (``--gguf``) 420 s a run in two parallel processes (92 s training, 121 s trials, 198 s model
+calls of a median 42 s). On a machine other programs are using, keep llama.cpp at one thread
 (the embedded model's default on 2 cores; ``--threads 1``): with 2 threads a decision took 9 s
 when the cores were free and up to 157 s when they were not, since llama.cpp's threads wait for
 each other at every step.
@@ -117,6 +119,9 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
     "guided-numbers": {"type": "guided", "backend": "none"},  # the same without a language model (ablation)
     # Guided, plus "keep" and the two best moves tried for 15 iterations from a snapshot at each stage end.
     "guided-trials": {"type": "guided", "trials": 2, "trial_steps": 15},
+    # The kept design (pre-registered run, seeds 30-39): trials long enough for a weighting's effect
+    # to show (60 of a stage's 125 iterations) and x2 moves.
+    "guided-trials60": {"type": "guided", "trials": 2, "trial_steps": 60, "step": 2.0, "max_tokens": 80},
 }
 DEFAULTS: dict[str, Any] = {"seeds": 5, "stages": 8, "stage_iters": 125, "batch": 8, "patch": 48,
                             "pretrain_iters": 2000}
@@ -681,7 +686,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine result files of the same settings (e.g. methods run in two processes) and report")
-    ap.add_argument("--methods", default="fixed,random,llm-paper,guided",
+    ap.add_argument("--methods", default="fixed,random,llm-paper,guided-trials60",
                     help=f"comma-separated; built-in: {', '.join(BUILTIN_METHODS)}")
     ap.add_argument("--method", action="append", metavar="NAME=PATH_OR_JSON",
                     help="add a method from an agent config (JSON string or JSON/YAML file); repeatable")
