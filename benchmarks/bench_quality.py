@@ -65,11 +65,11 @@ with the embedded SmolLM2 adds 22 s for the first decision and about 14 s for ea
 prompt prefix stays in llama.cpp's cache): 7 decisions, about 200 s a run. The L1 pretraining
 (2000 iterations) takes about 50 s once, then comes from the cache. Fixed + Random + llm-paper x
 5 seeds: about 32 minutes. ``guided-trials60`` adds 3 x 60 trial iterations and up to one model
-call per stage end: with Qwen2.5-Coder-1.5B (``--gguf``) 420 s a run in two parallel processes (92 s training, 121 s trials, 198 s model
-calls of a median 42 s). On a machine other programs are using, keep llama.cpp at one thread
-(the embedded model's default on 2 cores; ``--threads 1``): with 2 threads a decision took 9 s
-when the cores were free and up to 157 s when they were not, since llama.cpp's threads wait for
-each other at every step.
+call per stage end: with Qwen2.5-Coder-1.5B (``--gguf``) 420 s a run in two parallel processes
+(92 s training, 121 s trials, 198 s model calls of a median 42 s). On a machine other programs
+are using, keep llama.cpp at one thread (the embedded model's default on 2 cores;
+``--threads 1``): with 2 threads a decision took 9 s when the cores were free and up to 157 s
+when they were not, since llama.cpp's threads wait for each other at every step.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ def mscn(x: torch.Tensor, win_size: int = 7, sigma: float = 7 / 6, c: float = 1 
     """
     if win_size % 2 != 1:
         raise ValueError(f"mscn win_size must be odd, got {win_size}")
-    y = luma(x)
     if x.dtype in (torch.float16, torch.bfloat16):
-        y = y.float()  # the variance is a difference of squares: half precision loses it
+        x = x.float()  # the variance is a difference of squares: half precision loses it
+    y = luma(x)
     pad = win_size // 2
     if y.shape[-1] <= pad or y.shape[-2] <= pad:
         raise ValueError(f"mscn needs images larger than {pad} pixels a side for win_size={win_size}, "
