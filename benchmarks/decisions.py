@@ -74,7 +74,9 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
                     prompt.append(int(c["prompt_tokens"]))
                 if "prompt_eval_tokens" in c:
                     evaluated.append(int(c["prompt_eval_tokens"]))
-    med = (lambda xs: statistics.median(xs) if xs else float("nan"))
+    def med(xs: list[float] | list[int]) -> float:
+        return statistics.median(xs) if xs else float("nan")
+
     return {"seeds": len(records_by_seed), "decisions": decided, "asked": asked, "labels": dict(labels),
             "not_a": sum(labels.values()) - labels.get("A", 0), "retried": retried, "fallbacks": fallbacks,
             "call_s_median": med(seconds),
