@@ -1,9 +1,13 @@
-"""Shared fixtures: NIQE's parameter file, photos, and the test configuration."""
+"""Shared fixtures: NIQE's parameter file, photos, benchmark scripts, and the test configuration."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -20,6 +24,22 @@ def niqe_params() -> str:
         if c and Path(c).is_file():
             return str(c)
     pytest.skip("NIQE parameter file absent (set AGENTLOSS_NIQE_PARAMS or place shared/data beside the checkout)")
+
+
+def _load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` (a script, not a package module) imported as module ``<name>``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """Loads a benchmark script by name: ``load_benchmark("bench_quality")``."""
+    return _load_benchmark
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,17 +9,10 @@ import pytest
 
 from agentloss.records import RecordWriter, StageRecord
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "decisions.py"
-
 
 @pytest.fixture(scope="module")
-def dec() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_decisions", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def dec(load_benchmark) -> ModuleType:
+    return load_benchmark("decisions")
 
 
 def _guided(chosen: str, calls: list[dict], labels: str = "AB") -> dict:

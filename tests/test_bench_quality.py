@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
 import math
 import sys
 import time
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
-
 
 @pytest.fixture(scope="module")
-def bq() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+def bq(load_benchmark) -> ModuleType:
+    return load_benchmark("bench_quality")
 
 
 def test_doctests(bq):
