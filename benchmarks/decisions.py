@@ -52,8 +52,8 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
     for records in records_by_seed.values():
         for rec in records:
             d = rec.decision or {}
-            if rec.stage == 0 or not d:
-                continue  # stage 0 and the last stage have no decision
+            if rec.stage == 0 or not d or "skipped" in d:
+                continue  # S0 has no decision; the final stage's is skipped (no later stage would use it)
             decided += 1
             fallbacks += rec.fallback is not None
             info = d.get("info") or {}
@@ -74,6 +74,7 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
                     prompt.append(int(c["prompt_tokens"]))
                 if "prompt_eval_tokens" in c:
                     evaluated.append(int(c["prompt_eval_tokens"]))
+
     def med(xs: list[float] | list[int]) -> float:
         return statistics.median(xs) if xs else float("nan")
 

@@ -31,6 +31,9 @@ def _write(run_dir: Path, decisions: list[dict], fallbacks: list[str | None]) ->
     for i, (d, fb) in enumerate(zip(decisions, fallbacks), start=1):
         w.append(StageRecord(i, 10 * i, {"l1": 1.0, "gan": 0.01}, scores={"niqe": 6.0}, decision=d, fallback=fb,
                              next_weights={"l1": 1.0, "gan": 0.01}))
+    final = len(decisions) + 1  # as the scheduler writes the final stage: no decision is made
+    w.append(StageRecord(final, 10 * final, {"l1": 1.0, "gan": 0.01}, scores={"niqe": 6.0},
+                         decision={"skipped": "final stage: no later stage would use new weights"}))
 
 
 def test_stats_and_example(dec, tmp_path, capsys):
