@@ -132,4 +132,3 @@ def trials_for(agent_config: Mapping[str, Any], optimizer: torch.optim.Optimizer
     if int(agent_config.get("trials") or 0) <= 0:
         return None
     return SnapshotTrials(optimizer, make_batches(), steps=int(agent_config.get("trial_steps") or 20))
-

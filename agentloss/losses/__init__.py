@@ -10,8 +10,8 @@ from .gan import GANLoss, PatchDiscriminator
 from .lpips import LPIPSLoss
 from .perceptual import VGG19_LAYER_NAMES, PerceptualLoss, freeze_as_buffers
 from .pixel import CharbonnierLoss, FFTLoss, L1Loss, MSELoss, SSIMLoss, ssim
-from .statistics import MSCNLoss, luma, mscn
 from .registry import LOSS_REGISTRY, LossSpec, create_loss, list_losses, register_loss, resolve_loss_name
+from .statistics import MSCNLoss, luma, mscn
 
 __all__ = [
     "LOSS_REGISTRY",
