@@ -13,18 +13,16 @@ The public API in a few lines::
 from .agents import (
     Agent,
     BaseAgent,
-    Decision,
-    DecisionContext,
     FixedAgent,
     GuidedAgent,
     LLMAgent,
-    ObjectiveInfo,
     RandomAgent,
     create_agent,
 )
-from .backends import create_backend
-from .constraints import WeightConstraints, WeightError, validate_weights
-from .losses import LOSS_REGISTRY, create_loss, list_losses, register_loss
+from .backbones import list_backbones
+from .backends import BackendError, create_backend
+from .constraints import WeightConstraints, WeightError
+from .losses import create_loss, list_losses, register_loss
 from .objectives import (
     CallableObjective,
     Objective,
@@ -34,17 +32,22 @@ from .objectives import (
     PyiqaObjective,
     SSIMObjective,
 )
-from .proposal import Proposal, ProposalError, parse_proposal
-from .records import RecordWriter, StageRecord, read_meta, read_records
+from .plotting import plot_run
+from .proposal import ProposalError, parse_proposal
+from .records import read_meta, read_records
 from .scheduler import ProbeError, StageScheduler
+from .tasks.config import ConfigError
+from .trials import SnapshotTrials
+from .types import Decision, DecisionContext, DecisionRecord, ObjectiveInfo, StageRecord
 from .weighted_loss import AgentWeightedLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agent", "AgentWeightedLoss", "BaseAgent", "CallableObjective", "Decision", "DecisionContext", "FixedAgent", "GuidedAgent",
-    "LLMAgent", "LOSS_REGISTRY", "Proposal", "ProposalError", "create_agent", "create_backend", "parse_proposal", "Objective", "ObjectiveError", "ObjectiveInfo", "ObjectiveResult", "PSNRObjective",
-    "ProbeError", "PyiqaObjective", "RandomAgent", "RecordWriter", "SSIMObjective", "StageRecord", "StageScheduler",
-    "WeightConstraints", "WeightError", "create_loss", "list_losses", "read_meta", "read_records", "register_loss",
-    "validate_weights",
+    "Agent", "AgentWeightedLoss", "BackendError", "BaseAgent", "CallableObjective", "ConfigError", "Decision",
+    "DecisionContext", "DecisionRecord", "FixedAgent", "GuidedAgent", "LLMAgent", "Objective", "ObjectiveError",
+    "ObjectiveInfo", "ObjectiveResult", "PSNRObjective", "ProbeError", "ProposalError", "PyiqaObjective",
+    "RandomAgent", "SSIMObjective", "SnapshotTrials", "StageRecord", "StageScheduler", "WeightConstraints",
+    "WeightError", "create_agent", "create_backend", "create_loss", "list_backbones", "list_losses", "parse_proposal",
+    "plot_run", "read_meta", "read_records", "register_loss",
 ]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .records import read_meta, read_records
 
@@ -43,9 +44,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     rows = []
     for r in records:
         scores = ["n/a" if r.scores.get(o) is None else f"{r.scores[o]:.4f}" for o in objectives]
-        chosen = ((r.decision or {}).get("info") or {}).get("chosen") or {}
-        note = r.fallback or "; ".join([*([chosen["action"]] if chosen.get("action") else []),
-                                        *((r.decision or {}).get("clipped") or [])])
+        d = r.decision
+        note = r.fallback or ("; ".join([*([d.action] if d.action else []), *d.clipped]) if d is not None else "")
         rows.append([str(r.stage), str(r.iteration), ":".join(f"{r.weights[n]:.4g}" for n in names), *scores, note])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
@@ -68,7 +68,7 @@ def load_config(path: str | None) -> dict:
 
 
 def _cmd_prompt(args: argparse.Namespace) -> int:
-    from .prompts import dry_run_messages
+    from .agents.factory import dry_run_messages
 
     config = load_config(args.config)
     if args.needs:
@@ -85,7 +85,7 @@ def _cmd_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_config(args: argparse.Namespace) -> "RunConfig":
+def _task_config(args: argparse.Namespace) -> RunConfig:
     from .tasks.config import load_config
 
     overrides = list(args.set or [])

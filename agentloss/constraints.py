@@ -5,18 +5,25 @@ all zero). ``WeightConstraints.apply`` then clips a valid proposal into the conf
 per-stage move limits, and says what it changed, so that whatever an agent answers, the weights
 that train the model stay within what the user allowed.
 
+It is the one place where limits are computed: the scheduler applies them to every proposal, the
+prompt states ``allowed_range`` for each term and the guided agent asks ``within_bounds`` and
+``effective_step``; nobody re-derives them.
+
 Example:
     >>> c = WeightConstraints(max_weight=2.0, max_step=2.0)
-    >>> w, notes = c.apply({"l1": 5.0, "gan": 0.0}, previous={"l1": 1.0, "gan": 0.01})
-    >>> w
-    {'l1': 2.0, 'gan': 0.005}
+    >>> result = c.apply({"l1": 5.0, "gan": 0.0}, previous={"l1": 1.0, "gan": 0.01})
+    >>> result.weights, result.kept_previous
+    ({'l1': 2.0, 'gan': 0.005}, False)
+    >>> c.allowed_range("gan", 0.01)
+    (0.005, 0.02)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import NamedTuple
 
 
 class WeightError(ValueError):
@@ -50,6 +57,16 @@ def validate_weights(
     if require_all and not any(v > 0 for v in out.values()):
         raise WeightError("all weights are zero: the loss would train nothing")
     return out
+
+
+class ConstrainedWeights(NamedTuple):
+    """What the constraints made of a proposal: the weights to use, one note per clipped weight, and
+    whether the previous weights were kept instead (``reason`` then says why)."""
+
+    weights: dict[str, float]
+    clipped: list[str]
+    kept_previous: bool = False
+    reason: str | None = None
 
 
 @dataclass
@@ -102,31 +119,44 @@ class WeightConstraints:
         low = 0.0 if previous <= self.step_floor else previous / self.max_step
         return low, base * self.max_step
 
-    def apply(
-        self, proposed: Mapping[str, float], previous: Mapping[str, float] | None = None
-    ) -> tuple[dict[str, float], list[str]]:
+    def allowed_range(self, name: str, previous: float | None) -> tuple[float, float]:
+        """The range a weight may take next stage: its bounds intersected with the move limit from
+        ``previous`` (where they do not meet, the bound nearest to ``previous``)."""
+        lo, hi = self.bounds(name)
+        if previous is None:
+            return lo, hi
+        s_lo, s_hi = self.step_range(previous)
+        a, b = max(lo, s_lo), min(hi, s_hi)
+        if a > b:  # the bounds and the step range do not meet: move as far as allowed
+            a = b = min(max(previous, lo), hi)
+        return a, b
+
+    def within_bounds(self, weights: Mapping[str, float]) -> bool:
+        """Whether every weight lies inside its bounds (the move limit is not checked)."""
+        return all(self.bounds(k)[0] <= w <= self.bounds(k)[1] for k, w in weights.items())
+
+    def effective_step(self, step: float) -> float:
+        """A multiplicative move of ``step`` as far as the move limit lets one stage go."""
+        return step if self.max_step is None else min(step, float(self.max_step))
+
+    def apply(self, proposed: Mapping[str, float], previous: Mapping[str, float] | None = None) -> ConstrainedWeights:
         """Clip ``proposed`` into the bounds and the move limits from ``previous``.
 
         Returns the clipped weights and one note per change, for the record. If clipping would
-        leave every weight at zero, the previous weights are returned with a note.
+        leave every weight at zero, the previous weights are kept (``kept_previous``, with the reason).
         """
         out: dict[str, float] = {}
         notes: list[str] = []
         for name, value in proposed.items():
-            lo, hi = self.bounds(name)
-            if previous is not None and name in previous:
-                s_lo, s_hi = self.step_range(previous[name])
-                lo, hi = max(lo, s_lo), min(hi, s_hi)
-                if lo > hi:  # the bounds and the step range do not meet: move as far as allowed
-                    lo = hi = min(max(previous[name], self.bounds(name)[0]), self.bounds(name)[1])
+            lo, hi = self.allowed_range(name, None if previous is None else previous.get(name))
             clipped = min(max(value, lo), hi)
             if clipped != value:
                 notes.append(f"{name}: {value:g} clipped to {clipped:g} (allowed [{lo:g}, {hi:g}])")
             out[name] = clipped
         if not any(v > 0 for v in out.values()):
-            notes.append("clipping left every weight at zero; previous weights kept")
-            return dict(previous or proposed), notes
-        return out, notes
+            reason = "clipping left every weight at zero; previous weights kept"
+            return ConstrainedWeights(dict(previous or proposed), [*notes, reason], True, reason)
+        return ConstrainedWeights(out, notes)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ class PatchPairStream:
         self.images, self.scale, self.patch, self.batch, self.seed = list(images), scale, patch, batch, seed
         self.index = 0
 
-    def __iter__(self) -> "PatchPairStream":
+    def __iter__(self) -> PatchPairStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:

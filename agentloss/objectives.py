@@ -16,12 +16,13 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from .agents.base import ObjectiveInfo
+from .types import ObjectiveInfo
 
 Range = tuple[float | None, float | None]
 
@@ -148,7 +149,6 @@ class PyiqaObjective(Objective):
                  on_image_error: Literal["fail", "skip"] = "fail", display_name: str | None = None, **kwargs: Any):
         super().__init__(on_image_error)
         import pyiqa  # noqa: F401  - fail at construction, not at the first stage end, if absent
-
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
         key = name.lower()
@@ -219,11 +219,24 @@ def _y_kwargs(y_channel: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"test_y_channel": y_channel, **({"color_space": "ycbcr"} if y_channel else {}), **kwargs}
 
 
-def PSNRObjective(y_channel: bool = True, **kwargs: Any) -> PyiqaObjective:
-    """Full-reference PSNR (dB) through pyiqa, on the YCbCr Y channel by default as SR papers report it."""
-    return PyiqaObjective("psnr", display_name="psnr_y" if y_channel else "psnr", **_y_kwargs(y_channel, kwargs))
+class PSNRObjective(PyiqaObjective):
+    """Full-reference PSNR (dB) through pyiqa, on the YCbCr Y channel by default as SR papers report it.
+
+    Named ``psnr_y`` (or ``psnr`` with ``y_channel=False``).
+
+    Example:
+        >>> PSNRObjective().name, PSNRObjective(y_channel=False).name
+        ('psnr_y', 'psnr')
+    """
+
+    def __init__(self, y_channel: bool = True, **kwargs: Any):
+        name = kwargs.pop("display_name", None) or ("psnr_y" if y_channel else "psnr")
+        super().__init__("psnr", display_name=name, **_y_kwargs(y_channel, kwargs))
 
 
-def SSIMObjective(y_channel: bool = True, **kwargs: Any) -> PyiqaObjective:
-    """Full-reference SSIM through pyiqa, on the YCbCr Y channel by default."""
-    return PyiqaObjective("ssim", display_name="ssim_y" if y_channel else "ssim", **_y_kwargs(y_channel, kwargs))
+class SSIMObjective(PyiqaObjective):
+    """Full-reference SSIM through pyiqa, on the YCbCr Y channel by default (named ``ssim_y`` or ``ssim``)."""
+
+    def __init__(self, y_channel: bool = True, **kwargs: Any):
+        name = kwargs.pop("display_name", None) or ("ssim_y" if y_channel else "ssim")
+        super().__init__("ssim", display_name=name, **_y_kwargs(y_channel, kwargs))

@@ -2,8 +2,9 @@
 
 Example:
     >>> import tempfile, agentloss as al
+    >>> from agentloss.records import RecordWriter
     >>> d = tempfile.mkdtemp()
-    >>> w = al.RecordWriter(d)
+    >>> w = RecordWriter(d)
     >>> for s, (a, n) in enumerate([(1.0, 5.0), (0.5, 4.8), (0.7, 4.6)]):
     ...     w.append(al.StageRecord(stage=s, iteration=10 * s, weights={"l1": a, "gan": 0.01}, scores={"niqe": n}))
     >>> plot_run(d).name
@@ -13,8 +14,8 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .records import StageRecord, read_meta, read_records
 

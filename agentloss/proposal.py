@@ -48,7 +48,7 @@ from pydantic import BaseModel
 
 from .constraints import WeightError, validate_weights
 
-__all__ = ["Proposal", "ProposalError", "format_weights", "parse_proposal", "proposal_grammar"]
+__all__ = ["Proposal", "ProposalError", "format_number", "format_weights", "parse_proposal", "proposal_grammar"]
 
 MAX_THOUGHTS_CHARS = 2000
 
@@ -86,10 +86,10 @@ def format_weights(weights: dict[str, float], names: Sequence[str] | None = None
         'l1:gan=1:0.005'
     """
     names = list(names) if names is not None else list(weights)
-    return ":".join(names) + "=" + ":".join(_num(weights[n]) for n in names)
+    return ":".join(names) + "=" + ":".join(format_number(weights[n]) for n in names)
 
 
-def _num(value: float) -> str:
+def format_number(value: float) -> str:
     """A weight as a plain decimal (no exponent), at most 6 significant digits."""
     text = f"{float(value):.6g}"
     if "e" in text or "E" in text:

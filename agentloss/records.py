@@ -1,6 +1,6 @@
 """Run records: one JSON object per stage, appended to ``run_dir/stages.jsonl`` as it happens.
 
-A record is plain data (``StageRecord``) so that a run can be replayed, resumed and plotted
+A record is plain data (``agentloss.types.StageRecord``) so that a run can be replayed, resumed and plotted
 without the objects that produced it. Every line is flushed and fsynced before the scheduler
 goes on, so a crash loses nothing already written.
 
@@ -17,62 +17,22 @@ Example:
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .types import StageRecord, json_safe
+
+__all__ = ["META_FILE", "RECORDS_FILE", "RecordWriter", "StageRecord", "iter_records", "json_safe", "read_meta",
+           "read_records"]
+
+log = logging.getLogger("agentloss")
+
 RECORDS_FILE = "stages.jsonl"
 META_FILE = "run.json"
-
-
-@dataclass
-class StageRecord:
-    """What happened at one stage end (stage 0 is the initial state S0, scored before training).
-
-    ``weights`` are the weights the stage was trained with (for S0: the initial weights);
-    ``next_weights`` are those decided for the following stage. ``scores`` holds the mean of each
-    objective (``None`` when it failed), ``per_image`` the per-image scores. ``decision`` holds
-    what the agent said (thoughts, raw exchange, retries) and ``fallback`` the reason the previous
-    weights were kept, if they were.
-    """
-
-    stage: int
-    iteration: int
-    weights: dict[str, float]
-    scores: dict[str, float | None] = field(default_factory=dict)
-    per_image: dict[str, list[float | None]] = field(default_factory=dict)
-    next_weights: dict[str, float] | None = None
-    decision: dict[str, Any] = field(default_factory=dict)
-    fallback: str | None = None
-    errors: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageRecord:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf are not JSON; store them as None so every line stays parseable by any reader."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return json_safe(obj.tolist())
-    return str(obj)
 
 
 class RecordWriter:
@@ -123,19 +83,28 @@ class RecordWriter:
 
 
 def iter_records(run_dir: str | os.PathLike[str]) -> Iterator[StageRecord]:
+    """Records in file order. A half-written last line (the process died mid-write) is skipped
+    quietly; an unreadable line anywhere else is skipped with a warning naming it, never silently."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / RECORDS_FILE
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield StageRecord.from_dict(json.loads(line))
-            except json.JSONDecodeError:
-                # A half-written last line (the process died mid-write) is skipped, not fatal.
-                continue
+        lines = f.readlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise TypeError(f"a record is a JSON object, this line holds {type(data).__name__}")
+            record = StageRecord.from_dict(data)
+        except (ValueError, TypeError, KeyError) as e:
+            if i != last:
+                log.warning("%s line %d is not a readable stage record (%s); skipped", path, i + 1, e)
+            continue
+        yield record
 
 
 def read_records(run_dir: str | os.PathLike[str]) -> list[StageRecord]:

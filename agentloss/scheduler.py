@@ -28,21 +28,24 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .agents.base import Agent, DecisionContext, agent_state, describe_agent, load_agent_state
+from .agents.base import Agent, agent_state, describe_agent, load_agent_state
 from .constraints import WeightError, validate_weights
 from .objectives import Objective
-from .records import RecordWriter, StageRecord
+from .records import RecordWriter
 from .trials import SnapshotTrials
+from .types import Decision, DecisionContext, DecisionRecord, StageRecord
 from .weighted_loss import AgentWeightedLoss
 
 log = logging.getLogger("agentloss")
@@ -255,7 +258,7 @@ class StageScheduler:
         t0 = time.perf_counter()
         try:
             restored = self.restore_probe()
-        except Exception as e:  # noqa: BLE001 - a failed restore is recorded; training goes on
+        except Exception as e:
             if record.stage == 0:
                 raise  # before training: a clear error beats a run that can never be scored
             record.errors.append(f"probe restore failed: {type(e).__name__}: {e}")
@@ -288,22 +291,26 @@ class StageScheduler:
         record.timings["score_s"] = time.perf_counter() - t1
 
     def _decide(self, record: StageRecord) -> dict[str, float]:
-        """Ask the agent; return the weights for the next stage (the current ones on any failure)."""
+        """Ask the agent; return the weights for the next stage (the current ones on any failure).
+
+        This is the one place where a proposal is validated and constrained: agents propose raw
+        weights, and what the constraints made of them goes into ``record.decision``.
+        """
         current = self.loss_fn.weights
         failed = [name for name, v in record.scores.items() if v is None]
         if failed:
             record.fallback = f"objective(s) {failed} could not be scored; previous weights kept"
             return current
         if self.total_stages is not None and record.stage >= self.total_stages:
-            record.decision = {"skipped": "final stage: no later stage would use new weights"}
+            record.decision = DecisionRecord(skipped="final stage: no later stage would use new weights")
             return current
         context = DecisionContext(
             loss_names=list(self.loss_fn.names),
-            current_weights=current,
+            current_weights=dict(current),
             initial_weights=dict(self.initial_weights),
             history=[*self.history, record],
             objectives=[o.info() for o in self.objectives],
-            constraints=self.loss_fn.constraints,
+            constraints=copy.deepcopy(self.loss_fn.constraints),  # an agent's edits cannot loosen the limits
             stage=record.stage,
             total_stages=self.total_stages,
             stage_length=self.stage_length,
@@ -313,27 +320,31 @@ class StageScheduler:
         t = time.perf_counter()
         try:
             decision = self.agent.propose(context)
+            if not isinstance(decision, Decision):
+                raise TypeError(f"propose() must return a Decision, got {type(decision).__name__}")
+            record.decision = DecisionRecord.from_decision(decision, self.feedback)
         except Exception as e:  # noqa: BLE001 - an agent can never stop training
             record.timings["agent_s"] = time.perf_counter() - t
             record.fallback = f"agent raised {type(e).__name__}: {e}"
-            record.decision = {"traceback": traceback.format_exc(limit=5)}
+            record.decision = DecisionRecord(traceback=traceback.format_exc(limit=5), feedback=list(self.feedback))
             return current
         record.timings["agent_s"] = time.perf_counter() - t
-        record.decision = decision.to_dict()
-        if self.feedback:
-            record.decision["feedback"] = list(self.feedback)
         if decision.fallback:
             record.fallback = decision.fallback
             return current
         try:
+            if not isinstance(decision.weights, dict):
+                raise WeightError(f"weights must be a dict of name -> number, got {type(decision.weights).__name__}")
             proposed = validate_weights(decision.weights, self.loss_fn.names)
-        except WeightError as e:
+        except (WeightError, TypeError, OverflowError) as e:
             record.fallback = f"agent proposed invalid weights: {e}"
             return current
-        weights, notes = self.loss_fn.constraints.apply(proposed, previous=current)
-        if notes:
-            record.decision["clipped"] = notes
-        return weights
+        result = self.loss_fn.constraints.apply(proposed, previous=current)
+        record.decision.clipped = list(result.clipped)
+        record.decision.kept_previous = result.kept_previous
+        if result.kept_previous:
+            record.fallback = result.reason
+        return result.weights
 
     def _trial(self, candidates: list[dict[str, float]], steps: int | None = None) -> list[dict[str, float | None]]:
         """Probe scores of each weighting after a few steps from the current state (see ``trials``)."""
@@ -412,8 +423,7 @@ class StageScheduler:
             "iteration": self.iteration,
             "stage": self.stage,
             "started": self.started,
-            "history": [r.to_dict() for r in self.history],
-            "weights": self.loss_fn.weights,
+            "history": [r.to_dict() for r in self.history],  # the current weights are the last next_weights
             "initial_weights": dict(self.initial_weights),
             "feedback": list(self.feedback),
             "agent": agent_state(self.agent),
@@ -432,7 +442,9 @@ class StageScheduler:
         self.history = [StageRecord.from_dict(r) for r in state["history"]]
         self.initial_weights = dict(state["initial_weights"])
         self.feedback = list(state.get("feedback", []))
-        self.loss_fn.set_weights(state["weights"])
+        last = self.history[-1].next_weights if self.history else None
+        weights = state.get("weights") or last or self.initial_weights  # "weights": states of earlier versions
+        self.loss_fn.set_weights(weights)
         load_agent_state(self.agent, state.get("agent", {}))
         if self.trials is not None and state.get("trials"):
             self.trials.load_state_dict(state["trials"])

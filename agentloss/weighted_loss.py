@@ -15,17 +15,39 @@ Example:
     1.2
     >>> loss_fn.last_values
     {'l1': 1.0, 'mse': 1.0}
+    >>> loss_fn.weights["l1"] = 5.0
+    Traceback (most recent call last):
+    ...
+    TypeError: loss weights are read-only here: use loss_fn.set_weights({...}) (or set_weights({...}, partial=True) for some of them)
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from .constraints import WeightConstraints, WeightError, validate_weights
 from .losses.registry import create_loss, resolve_loss_name
+
+
+class WeightsView(dict):
+    """A snapshot of the weights that refuses item assignment, which would otherwise change a copy
+    and silently do nothing. Compares, copies and serialises as the plain dict it is."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("loss weights are read-only here: use loss_fn.set_weights({...}) "
+                        "(or set_weights({...}, partial=True) for some of them)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
+
+    def copy(self) -> dict[str, float]:
+        return dict(self)
+
+    def __reduce__(self) -> Any:  # pickles and deep-copies as a plain dict
+        return (dict, (dict(self),))
 
 
 class AgentWeightedLoss(nn.Module):
@@ -83,9 +105,14 @@ class AgentWeightedLoss(nn.Module):
 
     # -- weights -----------------------------------------------------------------------------
     @property
-    def weights(self) -> dict[str, float]:
-        """A copy of the current weights, by name, in the order given at construction."""
-        return dict(self._weights)
+    def weights(self) -> WeightsView:
+        """The current weights, by name, in the order given at construction (a read-only copy:
+        ``loss_fn.weights["l1"] = 5`` raises and says to use ``set_weights``)."""
+        return WeightsView(self._weights)
+
+    @weights.setter
+    def weights(self, value: Mapping[str, float]) -> None:
+        self.set_weights(value)
 
     def set_weights(self, weights: Mapping[str, float], *, partial: bool = False) -> None:
         """Replace the weights (or some of them, with ``partial=True``) after validating them.

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentloss.records import StageRecord, read_records
+from agentloss.records import read_records
+from agentloss.types import DecisionRecord, StageRecord
 
 
 def method_runs(root: Path) -> dict[str, dict[int, list[StageRecord]]]:
@@ -37,8 +38,8 @@ def method_runs(root: Path) -> dict[str, dict[int, list[StageRecord]]]:
     return runs
 
 
-def _calls(decision: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in decision.get("exchange") or [] if m.get("role") == "assistant"]
+def _calls(decision: DecisionRecord) -> list[dict[str, Any]]:
+    return [m for m in decision.exchange if m.get("role") == "assistant"]
 
 
 def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, Any]:
@@ -51,12 +52,12 @@ def decision_stats(records_by_seed: dict[int, list[StageRecord]]) -> dict[str, A
     evaluated: list[int] = []
     for records in records_by_seed.values():
         for rec in records:
-            d = rec.decision or {}
-            if rec.stage == 0 or not d or "skipped" in d:
+            d = rec.decision
+            if rec.stage == 0 or d is None or d.skipped:
                 continue  # S0 has no decision; the final stage's is skipped (no later stage would use it)
             decided += 1
             fallbacks += rec.fallback is not None
-            info = d.get("info") or {}
+            info = d.info
             trials = info.get("trials")
             if isinstance(trials, dict):
                 trial_s += float(trials.get("seconds") or 0.0)
@@ -109,14 +110,14 @@ def format_example(records: list[StageRecord], stage: int) -> str:
     rec = next((r for r in records if r.stage == stage), None)
     if rec is None:
         raise ValueError(f"no stage {stage} in these records (stages {[r.stage for r in records]})")
-    d = rec.decision or {}
-    info = d.get("info") or {}
+    d = rec.decision or DecisionRecord()
+    info = d.info
     out = [f"stage {rec.stage}: weights {rec.weights} -> {rec.next_weights}; probe scores {rec.scores}"]
     for opt in info.get("shown") or []:
         trial = opt.get("trial") or {}
         tried = f"; tried: {', '.join(f'{k} {v:.4f}' for k, v in trial.items())}" if trial else ""
         out.append(f"  option {opt['label']}: {opt['action']} -> {opt['weights']}{tried}")
-    for msg in d.get("exchange") or []:
+    for msg in d.exchange:
         if msg.get("role") == "user":
             out.append("--- prompt (user part) ---\n" + str(msg.get("content", "")))
         if msg.get("role") == "assistant":

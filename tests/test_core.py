@@ -11,6 +11,7 @@ from torch import nn
 
 import agentloss as al
 from agentloss.agents.base import BaseAgent, Decision, DecisionContext
+from agentloss.constraints import validate_weights
 from agentloss.records import RecordWriter, read_records
 
 # ---------------------------------------------------------------------------------- constraints
@@ -30,26 +31,27 @@ from agentloss.records import RecordWriter, read_records
 )
 def test_validate_weights_rejects_with_reason(weights, message):
     with pytest.raises(al.WeightError, match=message):
-        al.validate_weights(weights, ["l1", "mse"])
+        validate_weights(weights, ["l1", "mse"])
 
 
 def test_constraints_clip_bounds_and_moves():
     c = al.WeightConstraints(max_weight=10.0, per_loss={"gan": (0.0, 0.1)}, max_step=2.0)
-    w, notes = c.apply({"l1": 50.0, "gan": 1.0, "mse": 0.0}, previous={"l1": 8.0, "gan": 0.01, "mse": 1.0})
-    assert w == {"l1": 10.0, "gan": 0.02, "mse": 0.5}
+    w, notes, kept, _ = c.apply({"l1": 50.0, "gan": 1.0, "mse": 0.0}, previous={"l1": 8.0, "gan": 0.01, "mse": 1.0})
+    assert w == {"l1": 10.0, "gan": 0.02, "mse": 0.5} and not kept
     assert len(notes) == 3 and any("gan" in n for n in notes)
     # a zero weight may grow from the floor, and a weight at the floor may drop to zero
-    w, _ = c.apply({"l1": 1.0, "gan": 0.05, "mse": 0.0}, previous={"l1": 1.0, "gan": 0.0, "mse": 0.001})
+    w = c.apply({"l1": 1.0, "gan": 0.05, "mse": 0.0}, previous={"l1": 1.0, "gan": 0.0, "mse": 0.001}).weights
     assert w["gan"] == pytest.approx(0.002) and w["mse"] == 0.0
 
 
 def test_constraints_never_clip_to_all_zero():
     c = al.WeightConstraints(max_step=2.0)
-    w, notes = c.apply({"l1": 0.0}, previous={"l1": 1.0})
-    assert w == {"l1": 0.5}
+    w, notes, kept, _ = c.apply({"l1": 0.0}, previous={"l1": 1.0})
+    assert w == {"l1": 0.5} and not kept
     c = al.WeightConstraints(per_loss={"l1": (0.0, 0.0)})
-    w, notes = c.apply({"l1": 1.0}, previous={"l1": 2.0})
+    w, notes, kept, reason = c.apply({"l1": 1.0}, previous={"l1": 2.0})
     assert w == {"l1": 2.0} and "previous weights kept" in notes[-1]
+    assert kept and reason == notes[-1]
 
 
 @pytest.mark.parametrize("kwargs", [{"min_weight": -1}, {"max_weight": float("inf")}, {"max_step": 0.5},
@@ -268,7 +270,8 @@ def test_scheduler_clips_answers_into_constraints():
     agent = ScriptedAgent([{"l1": 100.0, "mse": 1.0}])
     _, loss_fn, _, train = _tiny_setup(agent, constraints=al.WeightConstraints(max_step=2.0))
     rec = train(2)[0]
-    assert loss_fn.weights == {"l1": 2.0, "mse": 1.0} and "clipped" in rec.decision
+    assert loss_fn.weights == {"l1": 2.0, "mse": 1.0} and rec.decision.clipped
+    assert rec.decision.proposed == {"l1": 100.0, "mse": 1.0} and not rec.decision.kept_previous
 
 
 def test_scheduler_final_stage_does_not_ask():
@@ -276,7 +279,7 @@ def test_scheduler_final_stage_does_not_ask():
     _, loss_fn, sched, train = _tiny_setup(agent, total_stages=2)
     records = train(8)
     assert [r.stage for r in records] == [1, 2] and len(agent.contexts) == 1
-    assert "final stage" in records[1].decision["skipped"]
+    assert "final stage" in records[1].decision.skipped
 
 
 def test_probe_validation():
@@ -328,7 +331,7 @@ def test_feedback_reaches_agent_and_record():
     sched.add_feedback("the outputs look too smooth")
     rec = train(2)[0]
     assert agent.contexts[0].feedback == ["the outputs look too smooth"]
-    assert rec.decision["feedback"] == ["the outputs look too smooth"]
+    assert rec.decision.feedback == ["the outputs look too smooth"]
 
 
 def test_a_new_run_in_a_used_run_dir_moves_old_records_aside(tmp_path):

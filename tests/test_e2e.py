@@ -128,13 +128,13 @@ def test_llm_agent_end_to_end_on_tiny_gguf(photos, tmp_path):
     decided = hist[1:3]  # stage 3 is final: no decision asked
     for prev, rec in zip(hist[:2], decided):
         assert rec.fallback is None, rec.fallback  # the grammar makes every answer parseable
-        assert rec.decision["info"]["grammar"] is True
-        exchange = rec.decision["exchange"]
+        assert rec.decision.info["grammar"] is True
+        exchange = rec.decision.exchange
         assert exchange[0]["role"] == "system" and "piqe" in exchange[0]["content"]
         assert any(m["role"] == "assistant" and "Weights:" in m["content"] for m in exchange)
         for name, w in rec.next_weights.items():  # move limit held
             assert rec.weights[name] / 2 - 1e-12 <= w <= max(rec.weights[name], 1e-3) * 2 + 1e-12
     assert hist[2].weights == hist[1].next_weights
     on_disk = al.read_records(tmp_path / "run")
-    assert on_disk[1].decision["exchange"] == hist[1].decision["exchange"]
+    assert on_disk[1].decision.exchange == hist[1].decision.exchange
     assert "Weights:" in str(on_disk[2].decision)

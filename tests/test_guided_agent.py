@@ -126,7 +126,8 @@ def test_unusable_answers_fall_back_to_the_top_proposal():
     agent = GuidedAgent(backend=backend)
     d = agent.propose(context(_two_stage_history()))
     assert d.weights == d.info["shown"][0]["weights"] and "unusable" in d.info["llm_fallback"]
-    assert d.attempts == 2 and "could not be used" in d.exchange[-1]["content"]
+    # the correction sent before the second try (none is recorded after the last: it was never sent)
+    assert d.attempts == 2 and "could not be used" in d.exchange[-2]["content"]
     agent = GuidedAgent(backend=Scripted([BackendError("timeout")]))
     d = agent.propose(context(_two_stage_history()))
     assert "backend error" in d.info["llm_fallback"] and d.weights == d.info["shown"][0]["weights"]

@@ -14,6 +14,7 @@ import agentloss as al
 from agentloss.constraints import WeightError
 from agentloss.losses import (
     LOSS_REGISTRY,
+    ROLES,
     CharbonnierLoss,
     FFTLoss,
     GANLoss,
@@ -95,10 +96,10 @@ def test_gradient_reaches_prediction(built_terms, name):
 
 
 @pytest.mark.parametrize("name", list(OFFLINE_OPTIONS))
-def test_downloads_flag_matches_registry(name):
+def test_registry_table_has_role_description_and_downloads(name):
     spec = LOSS_REGISTRY[name]
-    assert spec.factory.downloads_weights == (spec.downloads is not None)
-    assert spec.description
+    assert (spec.downloads is not None) == (name in ("perceptual", "lpips"))
+    assert spec.description and spec.prompt_text and spec.role in ROLES
 
 
 # ---------------------------------------------------------------------------------- pixel terms

@@ -239,6 +239,6 @@ def test_guided_agent_with_trials_from_a_config(tmp_path):
                            objectives=[{"name": "psnr"}, {"name": "piqe"}],
                            train={"stage_length": 2, "total_iters": 4}, probe={"count": 1, "size": 96}))
     result = run(cfg, progress=False)
-    info = result.history[1].decision["info"]
+    info = result.history[1].decision.info
     assert info["facts"]["primary"] == "piqe" and "psnr_y" in info["facts"]["guards"]
     assert len(info["trials"]["results"]) == 2  # keep and the best move, tried from a snapshot

@@ -21,8 +21,8 @@ Example:
     ...     def chat(self, messages, **kw): return ChatResult("Weights: l1:gan=1:0.02\\nThoughts: more gan", "stop")
     ...     def count_tokens(self, messages): return None
     ...     def describe(self): return {"type": "echo"}
-    >>> from agentloss.prompts import _sample_context
-    >>> d = LLMAgent(Echo(), needs="Lower NIQE.").propose(_sample_context())
+    >>> from agentloss.prompts import sample_context
+    >>> d = LLMAgent(Echo(), needs="Lower NIQE.").propose(sample_context())
     >>> d.weights, d.thoughts, d.attempts, d.fallback
     ({'l1': 1.0, 'gan': 0.02}, 'more gan', 1, None)
 """
@@ -30,42 +30,15 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..backends.base import BackendError, ChatResult, ContextOverflowError
+from ..backends.base import ChatResult
 from ..prompts import PromptTemplates, fit_history, reserve_tokens
-from ..proposal import ProposalError, format_weights, parse_proposal, proposal_grammar
+from ..proposal import Proposal, ProposalError, format_weights, parse_proposal, proposal_grammar
+from .asking import ask, describe_backend, make_backend
 from .base import BaseAgent, Decision, DecisionContext
-
-_SECRET_KEY = re.compile(
-    r"(?:.*[_-])?(?:api[_-]?key|secret|password|passwd|token|access[_-]?key|authorization|bearer|credentials?|cookie)"
-)
-
-
-def _redact(obj: Any) -> Any:
-    """Hide values of anything named like a secret (api_key, hf_token, Authorization ...).
-
-    Example:
-        >>> _redact({"model": "m", "api_key": "sk-1", "api_key_env": "OPENAI_API_KEY", "max_tokens": 9,
-        ...          "headers": {"Authorization": "x"}, "hf_token": "h"})  # doctest: +NORMALIZE_WHITESPACE
-        {'model': 'm', 'api_key': '<redacted>', 'api_key_env': 'OPENAI_API_KEY', 'max_tokens': 9,
-         'headers': {'Authorization': '<redacted>'}, 'hf_token': '<redacted>'}
-    """
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if _SECRET_KEY.fullmatch(str(k).lower()):
-                out[k] = "<redacted>" if v else v
-            else:
-                out[k] = _redact(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_redact(v) for v in obj]
-    return obj
 
 
 class LLMAgent(BaseAgent):
@@ -118,21 +91,11 @@ class LLMAgent(BaseAgent):
         self.seed = seed
         self.history_window = history_window
         self.loss_descriptions = dict(loss_descriptions or {})
-        self.backend = self._make_backend(backend)
+        self.backend = make_backend(backend)
         self.calls = 0  # backend calls made
         self.decisions = 0  # propose() calls
         self.fallbacks = 0
         self.retries = 0
-
-    @staticmethod
-    def _make_backend(spec: Any) -> Any:
-        if spec is None or isinstance(spec, (Mapping, str, os.PathLike)):
-            from ..backends import create_backend  # lazily: backends may import heavy runtimes
-
-            return create_backend(spec)
-        if not callable(getattr(spec, "chat", None)):
-            raise TypeError(f"backend must be a ChatBackend, a config dict, a YAML path or None, got {type(spec).__name__}")
-        return spec
 
     # -----------------------------------------------------------------------------------------
 
@@ -141,10 +104,9 @@ class LLMAgent(BaseAgent):
         self.decisions += 1
         started = time.perf_counter()
         info: dict[str, Any] = {"attempts": 0, "parse_errors": [], "grammar": False, "history_note": None,
-                                "calls": [], "clipped": [], "seed": self._stage_seed(ctx)}
-        exchange: list[dict[str, Any]] = []
+                                "calls": [], "seed": self._stage_seed(ctx)}
 
-        def fallback(reason: str, attempts: int) -> Decision:
+        def fallback(reason: str, attempts: int, exchange: list[dict[str, Any]]) -> Decision:
             self.fallbacks += 1
             info["attempts"] = attempts
             info["seconds"] = round(time.perf_counter() - started, 4)
@@ -158,7 +120,7 @@ class LLMAgent(BaseAgent):
                 loss_descriptions=self.loss_descriptions,
             )
         except Exception as exc:  # noqa: BLE001 - a template or data problem must not stop training
-            return fallback(f"the prompt could not be built: {type(exc).__name__}: {exc}", 0)
+            return fallback(f"the prompt could not be built: {type(exc).__name__}: {exc}", 0, [])
         info["history_note"] = note
 
         grammar = None
@@ -167,60 +129,29 @@ class LLMAgent(BaseAgent):
                                        max_thought_chars=self._thought_chars(ctx))
         info["grammar"] = grammar is not None
 
-        exchange.extend({"role": m["role"], "content": m["content"]} for m in messages)
-        sent = list(messages)
-        last_error = None
-        for attempt in range(1, self.max_tries + 1):
-            if attempt > 1:
-                self.retries += 1
-            t0 = time.perf_counter()
-            try:
-                self.calls += 1
-                result = self.backend.chat(sent, max_tokens=self.max_tokens, temperature=self.temperature,
-                                           seed=info["seed"], grammar=grammar)
-            except ContextOverflowError as exc:
-                return fallback(f"context overflow: {exc}", attempt)
-            except BackendError as exc:
-                return fallback(f"backend error: {type(exc).__name__}: {exc}", attempt)
-            except Exception as exc:  # noqa: BLE001 - a misbehaving backend is still not a crash
-                return fallback(f"backend failed: {type(exc).__name__}: {exc}", attempt)
-            seconds = time.perf_counter() - t0
-            result = ChatResult.coerce(result)
-            text = result.text if isinstance(result.text, str) else str(result.text)
-            call = result.call_record(attempt, seconds)
-            info["calls"].append(call)
-            exchange.append({"role": "assistant", "content": text, **call})
-
-            problem = None
-            proposal = None
+        def read(result: ChatResult) -> Proposal:
             if result.finish_reason == "length":
-                problem = (f"your answer was cut off at the limit of {self.max_tokens} tokens before it ended; "
-                           "answer with just the two lines and keep Thoughts to one short sentence")
-            else:
-                try:
-                    proposal = parse_proposal(text, ctx.loss_names)
-                except ProposalError as exc:
-                    problem = str(exc)
-            if proposal is not None:
-                weights, notes = ctx.constraints.apply(proposal.weights, previous=ctx.current_weights)
-                info["attempts"] = attempt
-                info["format"] = proposal.format
-                info["proposed"] = dict(proposal.weights)
-                info["clipped"] = notes
-                info["seconds"] = round(time.perf_counter() - started, 4)
-                kept_previous = bool(notes) and notes[-1].startswith("clipping left every weight at zero")
-                if kept_previous:
-                    self.fallbacks += 1
-                return Decision(weights=weights, thoughts=proposal.thoughts, exchange=exchange, attempts=attempt,
-                                fallback=notes[-1] if kept_previous else None, info=info)
+                raise ValueError(f"your answer was cut off at the limit of {self.max_tokens} tokens before it ended; "
+                                 "answer with just the two lines and keep Thoughts to one short sentence")
+            try:
+                return parse_proposal(result.text if isinstance(result.text, str) else str(result.text), ctx.loss_names)
+            except ProposalError as exc:
+                raise ValueError(str(exc)) from exc
 
-            last_error = problem
-            info["parse_errors"].append(problem)
-            if attempt < self.max_tries:
-                correction = {"role": "user", "content": self._correction(problem, ctx)}
-                sent = list(messages) + [{"role": "assistant", "content": text}, correction]
-                exchange.append({**correction, "attempt": attempt + 1})
-        return fallback(f"no usable answer after {self.max_tries} tries; last problem: {last_error}", self.max_tries)
+        out = ask(self.backend, messages, read, correction=lambda problem: self._correction(problem, ctx),
+                  max_tries=self.max_tries, max_tokens=self.max_tokens, temperature=self.temperature,
+                  seed=info["seed"], grammar=grammar)
+        self.calls += len(out.calls) + (1 if out.failure and out.failure.startswith(("backend", "context")) else 0)
+        self.retries += max(0, out.attempts - 1)
+        info["calls"] = out.calls
+        info["parse_errors"] = list(out.problems)
+        if out.value is None:
+            return fallback(out.failure or "no answer", out.attempts, out.exchange)
+        info["attempts"] = out.attempts
+        info["format"] = out.value.format
+        info["seconds"] = round(time.perf_counter() - started, 4)
+        return Decision(weights=dict(out.value.weights), thoughts=out.value.thoughts, exchange=out.exchange,
+                        attempts=out.attempts, info=info)
 
     # -----------------------------------------------------------------------------------------
 
@@ -267,14 +198,9 @@ class LLMAgent(BaseAgent):
         self.retries = int(state.get("retries", 0))
 
     def describe(self) -> dict[str, Any]:
-        describe = getattr(self.backend, "describe", None)
-        try:
-            backend = describe() if callable(describe) else {"class": type(self.backend).__name__}
-        except Exception as exc:  # noqa: BLE001
-            backend = {"class": type(self.backend).__name__, "describe_error": str(exc)}
         return {
             **super().describe(),
-            "backend": _redact(backend),
+            "backend": describe_backend(self.backend),
             "templates": self.templates.describe(),
             "needs": self.needs,
             "max_tries": self.max_tries,

@@ -10,11 +10,21 @@ from .gan import GANLoss, PatchDiscriminator
 from .lpips import LPIPSLoss
 from .perceptual import VGG19_LAYER_NAMES, PerceptualLoss, freeze_as_buffers
 from .pixel import CharbonnierLoss, FFTLoss, L1Loss, MSELoss, SSIMLoss, ssim
-from .registry import LOSS_REGISTRY, LossSpec, create_loss, list_losses, register_loss, resolve_loss_name
+from .registry import (
+    LOSS_REGISTRY,
+    ROLES,
+    LossSpec,
+    create_loss,
+    list_losses,
+    loss_spec,
+    register_loss,
+    resolve_loss_name,
+)
 from .statistics import MSCNLoss, luma, mscn
 
 __all__ = [
     "LOSS_REGISTRY",
+    "ROLES",
     "VGG19_LAYER_NAMES",
     "CharbonnierLoss",
     "FFTLoss",
@@ -30,6 +40,7 @@ __all__ = [
     "create_loss",
     "freeze_as_buffers",
     "list_losses",
+    "loss_spec",
     "luma",
     "mscn",
     "register_loss",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,13 @@ def generator_loss(mode: GANMode, fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()  # hinge
 
 
-@register_loss("gan", description="adversarial loss with its own discriminator (vanilla, lsgan or hinge)",
+@register_loss(
+    "gan", role="adversarial",
+    effect=(
+        "adversarial loss from a discriminator; produces realistic texture and better no-reference "
+        "quality, but too much of it adds artefacts, lowers PSNR and can destabilise training, so "
+        "it is usually much smaller than the pixel terms"
+    ), description="adversarial loss with its own discriminator (vanilla, lsgan or hinge)",
                aliases=("adversarial",))
 class GANLoss(nn.Module):
     """Adversarial loss of the prediction under a discriminator this term owns and trains.
@@ -115,7 +121,6 @@ class GANLoss(nn.Module):
         (True, True)
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import warnings
-from typing import ClassVar, Literal
+from typing import Literal
 from urllib.parse import urlparse
 
 import torch
@@ -56,7 +56,11 @@ def _offline_message(net: str, version: str, pretrained: bool, model_path: str |
 
 
 @register_loss(
-    "lpips",
+    "lpips", role="texture",
+    effect=(
+        "learned perceptual distance (LPIPS) to the ground truth; rewards perceptual similarity of "
+        "texture and detail"
+    ),
     description="LPIPS perceptual distance (pyiqa; AlexNet backbone by default)",
     downloads="torchvision AlexNet ImageNet weights into $TORCH_HOME/hub/checkpoints/ and pyiqa's "
               "LPIPS_v0.1_alex linear weights into $TORCH_HOME/hub/pyiqa/",
@@ -91,7 +95,6 @@ class LPIPSLoss(nn.Module):
         ([], [])
     """
 
-    downloads_weights: ClassVar[bool] = True  # unless pretrained=False and pretrained_backbone=False
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import http.client
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
 import torch
@@ -127,7 +127,11 @@ def _load_imagenet_features(weights: str | VGG19_Weights, progress: bool) -> dic
 
 
 @register_loss(
-    "perceptual",
+    "perceptual", role="texture",
+    effect=(
+        "distance between deep (VGG) features of the output and the ground truth; gives sharper, "
+        "more natural texture at a small cost in PSNR"
+    ),
     description="VGG19 feature distance (default conv5_4 before ReLU, ImageNet weights)",
     downloads="torchvision VGG19 ImageNet weights vgg19-dcbb9e9d.pth (548 MB) into $TORCH_HOME/hub/checkpoints/",
     aliases=("vgg",),
@@ -169,7 +173,6 @@ class PerceptualLoss(nn.Module):
         (True, [], 11)
     """
 
-    downloads_weights: ClassVar[bool] = True  # unless weights=None or weights_path is given
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ use_sample_covariance=False)`` (tested).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,12 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor | None, name: str) -> t
     return target
 
 
-@register_loss("l1", description="mean absolute error")
+@register_loss(
+    "l1", role="fidelity",
+    effect=(
+        "mean absolute pixel error against the ground truth; favours fidelity (PSNR/SSIM) but "
+        "averages out fine texture, so results look smooth"
+    ), description="mean absolute error")
 class L1Loss(nn.Module):
     """Mean absolute error ``mean(|pred - target|)``.
 
@@ -42,13 +47,16 @@ class L1Loss(nn.Module):
         0.5
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         return F.l1_loss(pred, _check_pair(pred, target, "l1"))
 
 
-@register_loss("mse", description="mean squared error", aliases=("l2",))
+@register_loss(
+    "mse", role="fidelity",
+    effect=(
+        "mean squared pixel error; optimises PSNR directly and blurs texture even more than l1"
+    ), description="mean squared error", aliases=("l2",))
 class MSELoss(nn.Module):
     """Mean squared error ``mean((pred - target) ** 2)``.
 
@@ -58,13 +66,16 @@ class MSELoss(nn.Module):
         0.25
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         return F.mse_loss(pred, _check_pair(pred, target, "mse"))
 
 
-@register_loss("charbonnier", description="Charbonnier (smooth L1): mean(sqrt((pred-target)^2 + eps^2))")
+@register_loss(
+    "charbonnier", role="fidelity",
+    effect=(
+        "a smooth, robust variant of l1 (pixel error); favours fidelity like l1"
+    ), description="Charbonnier (smooth L1): mean(sqrt((pred-target)^2 + eps^2))")
 class CharbonnierLoss(nn.Module):
     """Charbonnier penalty ``mean(sqrt((pred - target)**2 + eps**2))``, a differentiable L1.
 
@@ -82,7 +93,6 @@ class CharbonnierLoss(nn.Module):
         0.001
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def __init__(self, eps: float = 1e-3):
         super().__init__()
@@ -157,7 +167,11 @@ def ssim(
     return per_image.mean() if reduction == "mean" else per_image
 
 
-@register_loss("ssim", description="1 - SSIM (Gaussian window 11, sigma 1.5, per channel)")
+@register_loss(
+    "ssim", role="fidelity",
+    effect=(
+        "1 - SSIM against the ground truth; preserves local structure, contrast and edges"
+    ), description="1 - SSIM (Gaussian window 11, sigma 1.5, per channel)")
 class SSIMLoss(nn.Module):
     """``1 - SSIM(pred, target)``, with the Gaussian-window SSIM of :func:`ssim`.
 
@@ -175,7 +189,6 @@ class SSIMLoss(nn.Module):
         True
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def __init__(self, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5):
         super().__init__()
@@ -189,7 +202,11 @@ class SSIMLoss(nn.Module):
         return f"data_range={self.data_range:g}, win_size={self.win_size}, sigma={self.sigma:g}"
 
 
-@register_loss("fft", description="L1 distance between 2-D real FFTs (real and imaginary parts)",
+@register_loss(
+    "fft", role="fidelity",
+    effect=(
+        "difference of the Fourier spectra; pushes high-frequency detail and sharpness"
+    ), description="L1 distance between 2-D real FFTs (real and imaginary parts)",
                aliases=("frequency",))
 class FFTLoss(nn.Module):
     """Frequency-domain L1: ``mean(|rfft2(pred) - rfft2(target)|)`` over real and imaginary parts.
@@ -213,7 +230,6 @@ class FFTLoss(nn.Module):
         True
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def __init__(self, norm: Literal["ortho", "backward", "forward"] = "ortho",
                  component: Literal["complex", "amplitude"] = "complex"):

@@ -16,24 +16,41 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Literal, TypeVar
 
 from torch import nn
 
 T = TypeVar("T", bound=Callable[..., nn.Module])
 
 
+Role = Literal["fidelity", "texture", "adversarial", "statistics"]
+ROLES: tuple[str, ...] = ("fidelity", "texture", "adversarial", "statistics")
+
+
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered term: how to build it and what a user must know before using it."""
+    """A registered term: how to build it, and the one table of what is known about it.
+
+    ``role`` says what the term pushes the result towards (fidelity to the reference, texture,
+    adversarial realism, natural-image statistics): the guided agent reads it to expect a move's
+    direction before it is measured. ``description`` says what it computes; ``effect`` how it changes
+    the results, in words for the prompt (``description`` when not given). ``downloads`` names the
+    weights it fetches on first use (``None``: it downloads nothing).
+    """
 
     name: str
     factory: Callable[..., nn.Module]
+    role: Role | None = None
     description: str = ""
-    needs_target: bool = True
-    downloads: str | None = None  # what weights it fetches on first use, if any
+    effect: str = ""
+    downloads: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def prompt_text(self) -> str:
+        return self.effect or self.description
 
 
 LOSS_REGISTRY: dict[str, LossSpec] = {}
@@ -43,25 +60,39 @@ _ALIASES: dict[str, str] = {}
 def register_loss(
     name: str,
     *,
+    role: Role | None = None,
     description: str = "",
-    needs_target: bool = True,
+    effect: str = "",
     downloads: str | None = None,
     aliases: tuple[str, ...] = (),
     overwrite: bool = False,
 ) -> Callable[[T], T]:
     """Class or factory decorator adding a term to the repository under ``name`` (and ``aliases``)."""
     key = name.lower()
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
 
     def wrap(factory: T) -> T:
         if not overwrite and (key in LOSS_REGISTRY or key in _ALIASES):
             raise ValueError(f"a loss named {name!r} is already registered; pass overwrite=True to replace it")
-        LOSS_REGISTRY[key] = LossSpec(key, factory, description or (factory.__doc__ or "").strip().split("\n")[0],
-                                      needs_target, downloads, tuple(a.lower() for a in aliases))
+        LOSS_REGISTRY[key] = LossSpec(key, factory, role, description or (factory.__doc__ or "").strip().split("\n")[0],
+                                      effect, downloads, tuple(a.lower() for a in aliases))
         for alias in aliases:
             _ALIASES[alias.lower()] = key
         return factory
 
     return wrap
+
+
+def loss_spec(name: str) -> LossSpec | None:
+    """The registered spec of ``name`` (or of the term it is an alias of); ``None`` when unknown.
+
+    Example:
+        >>> loss_spec("L2").name, loss_spec("gan").role, loss_spec("no_such_term")
+        ('mse', 'adversarial', None)
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    return LOSS_REGISTRY.get(key)
 
 
 def resolve_loss_name(name: str) -> str:

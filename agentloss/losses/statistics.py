@@ -14,8 +14,6 @@ The functional core :func:`mscn` is split from the module (as ``pixel.ssim`` is)
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,7 +72,8 @@ def mscn(x: torch.Tensor, win_size: int = 7, sigma: float = 7 / 6, c: float = 1 
     return (y - mu) / (s + c)
 
 
-@register_loss("mscn", description="L1 between MSCN maps of the luma (NIQE's natural-scene statistics)",
+@register_loss(
+    "mscn", role="statistics", description="L1 between MSCN maps of the luma (NIQE's natural-scene statistics)",
                aliases=("nss",))
 class MSCNLoss(nn.Module):
     """``mean(|mscn(pred) - mscn(target)|)``: local structure compared at every contrast level.
@@ -94,7 +93,6 @@ class MSCNLoss(nn.Module):
         True
     """
 
-    downloads_weights: ClassVar[bool] = False
 
     def __init__(self, win_size: int = 7, sigma: float = 7 / 6, c: float = 1 / 255):
         super().__init__()

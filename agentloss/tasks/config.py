@@ -206,14 +206,12 @@ class RunConfig(_Strict):
     @field_validator("agent")
     @classmethod
     def _agent(cls, v: dict[str, Any]) -> dict[str, Any]:
-        import inspect
-
-        from ..agents.factory import AGENT_REGISTRY
+        from ..agents.factory import AGENT_REGISTRY, agent_options
 
         kind = v.get("type")
         if kind not in AGENT_REGISTRY:
             raise ValueError(f"type must be one of {sorted(AGENT_REGISTRY)}, got {kind!r}")
-        allowed = [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
+        allowed = agent_options(kind)
         unknown = [k for k in v if k != "type" and k not in allowed]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for agent type {kind!r}; allowed: {allowed}")
