@@ -342,3 +342,53 @@ def test_a_new_run_in_a_used_run_dir_moves_old_records_aside(tmp_path):
     assert [r.next_weights["l1"] for r in read_records(tmp_path)] == [1.0, 3.0]  # only the new run
     old = list(tmp_path.glob("stages.*.jsonl"))
     assert len(old) == 1 and [r.next_weights["l1"] for r in read_records(old[0])] == [1.0, 2.0]
+
+
+class LooseningAgent(BaseAgent):
+    """A misbehaving agent: loosens the limits it is shown, then proposes a huge weight."""
+
+    def propose(self, context):
+        context.constraints.max_weight = 1e9
+        context.constraints.max_step = None
+        return Decision(weights={"l1": 500.0, "mse": 1.0})
+
+
+def test_an_agent_cannot_loosen_the_limits_the_scheduler_applies():
+    _, loss_fn, _, train = _tiny_setup(LooseningAgent(), constraints=al.WeightConstraints(max_weight=10.0, max_step=2.0))
+    rec = train(2)[0]
+    assert loss_fn.weights == {"l1": 2.0, "mse": 1.0}
+    assert loss_fn.constraints.max_weight == 10.0 and loss_fn.constraints.max_step == 2.0
+    assert rec.decision.proposed["l1"] == 500.0 and rec.decision.clipped
+
+
+@pytest.mark.parametrize("bad", [None, {"weights": {"l1": 1.0}}, Decision(weights=None), Decision(weights=[1, 2])])
+def test_a_custom_agent_returning_garbage_is_a_recorded_fallback(bad):
+    agent = ScriptedAgent([])
+    agent.propose = lambda context: bad
+    _, loss_fn, _, train = _tiny_setup(agent)
+    rec = train(2)[0]
+    assert rec.fallback and loss_fn.weights == {"l1": 1.0, "mse": 1.0}
+
+
+def test_clipping_to_all_zero_keeps_the_previous_weights_and_says_so():
+    agent = ScriptedAgent([{"l1": 0.0, "mse": 1.0}])  # valid, but mse may not be above 0
+    _, loss_fn, _, train = _tiny_setup(agent)
+    loss_fn.constraints = al.WeightConstraints(per_loss={"mse": (0.0, 0.0)})
+    loss_fn.set_weights({"l1": 1.0, "mse": 0.0})
+    rec = train(2)[0]
+    assert rec.decision.kept_previous and "previous weights kept" in rec.fallback
+    assert loss_fn.weights == {"l1": 1.0, "mse": 0.0}
+
+
+def test_scheduler_state_holds_the_weights_once_and_restores_them():
+    agent = ScriptedAgent([{"l1": 2.0, "mse": 0.5}])
+    _, loss_fn, sched, train = _tiny_setup(agent)
+    train(2)
+    state = sched.state_dict()
+    assert "weights" not in state and state["history"][-1]["next_weights"] == {"l1": 2.0, "mse": 0.5}
+    _, loss2, sched2, _ = _tiny_setup(ScriptedAgent([]))
+    sched2.load_state_dict(state)
+    assert loss2.weights == {"l1": 2.0, "mse": 0.5}
+    old = {**state, "weights": {"l1": 3.0, "mse": 0.5}}  # a state written by an earlier version
+    sched2.load_state_dict(old)
+    assert loss2.weights == {"l1": 3.0, "mse": 0.5}

@@ -226,3 +226,54 @@ def test_scheduler_trials_restore_training_exactly():
     (m1, l1), (m2, l2) = run(False), run(True)
     for k in m1:
         torch.testing.assert_close(m1[k], m2[k], rtol=0, atol=0)
+
+
+def test_guided_templates_can_be_replaced_and_bad_ones_fail_at_construction(tmp_path):
+    from agentloss.prompts import PromptTemplateError
+
+    backend = Scripted(["Choice: A\nThoughts: fine"])
+    path = tmp_path / "sys.j2"
+    path.write_text("You pick one of {{ candidates | length }} options for {{ primary }}.")
+    agent = GuidedAgent(backend=backend, templates={"system": str(path)})
+    agent.propose(context(_two_stage_history()))
+    assert backend.calls[0]["messages"][0]["content"].startswith("You pick one of ")
+    assert agent.describe()["templates"]["system"]["source"] == str(path)
+    with pytest.raises(PromptTemplateError):
+        GuidedAgent(backend="none", templates={"user": "{{ no_such_variable }}"})
+    with pytest.raises(PromptTemplateError, match="unknown prompt part"):
+        GuidedAgent(backend="none", templates={"needs": "x"})
+
+
+def test_one_spelling_for_no_model_and_for_the_goal(tmp_path):
+    from agentloss.agents import LLMAgent
+    from agentloss.agents.factory import dry_run_messages
+
+    assert GuidedAgent(backend="none").backend is None
+    with pytest.raises(ValueError, match="needs a language model"):
+        LLMAgent(backend="none")
+    with pytest.raises(ValueError, match="unknown option"):
+        create_agent({"type": "guided", "goal": "sharper"})
+    with pytest.raises(ValueError, match="rename 'goal' to 'needs'"):
+        dry_run_messages({"type": "llm", "goal": "sharper"}, tmp_path)
+
+
+def test_the_prompt_command_prints_the_guided_prompt(tmp_path, capsys):
+    from agentloss.cli import main
+    from agentloss.records import RecordWriter
+
+    w = RecordWriter(tmp_path)
+    w.write_meta({"loss_names": list(W0), "initial_weights": W0,
+                  "objectives": [{"name": "niqe", "higher_is_better": False},
+                                 {"name": "psnr_y", "higher_is_better": True, "needs_reference": True}],
+                  "constraints": {"max_step": 2.0, "max_weight": 10.0}})
+    for rec in _two_stage_history():
+        w.append(rec)
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("agent:\n  type: guided\n  needs: Lower NIQE.\n  trials: 2\n")
+    assert main(["prompt", str(tmp_path), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "Goal: Lower NIQE." in out and "Options (predicted change over the next stage):" in out
+    assert "A) " in out and "Choice: <letter>" in out
+    cfg.write_text("agent:\n  type: llm\n  needs: Lower NIQE.\n")
+    assert main(["prompt", str(tmp_path), "--config", str(cfg)]) == 0
+    assert "Weights: l1:fft:gan=" in capsys.readouterr().out
