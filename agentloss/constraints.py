@@ -87,6 +87,10 @@ class WeightConstraints:
     step_floor: float = 1e-3
 
     def __post_init__(self) -> None:
+        for name in ("min_weight", "max_weight", "max_step", "step_floor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not ((value is None and name == "max_step") or isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not (0 <= self.min_weight <= self.max_weight) or not math.isfinite(self.max_weight):
             raise ValueError(
                 f"bounds must satisfy 0 <= min_weight <= max_weight < inf, "

@@ -43,53 +43,13 @@ from torch import nn
 from .agents.base import Agent, agent_state, describe_agent, load_agent_state
 from .constraints import WeightError, validate_weights
 from .objectives import Objective
+from .probe import DivergedError, ImageInput, ProbeError, as_image_list, restore
 from .records import RecordWriter
 from .trials import SnapshotTrials
 from .types import Decision, DecisionContext, DecisionRecord, StageRecord
 from .weighted_loss import AgentWeightedLoss
 
 log = logging.getLogger("agentloss")
-
-ImageInput = torch.Tensor | Sequence[torch.Tensor]
-
-
-class ProbeError(ValueError):
-    """The probe set (or its references) is not a set of images the scheduler can use."""
-
-
-def as_image_list(images: ImageInput, what: str = "probe") -> list[torch.Tensor]:
-    """Normalise a ``NxCxHxW`` tensor, a ``CxHxW`` tensor or a list of either into ``1xCxHxW`` images.
-
-    Raises ``ProbeError`` naming what is wrong: not tensors, wrong rank, not floating point,
-    not 1 or 3 channels, empty, or non-finite values.
-    """
-    if isinstance(images, torch.Tensor):
-        items = [images] if images.dim() == 3 else list(images.unbind(0)) if images.dim() == 4 else None
-        if items is None:
-            raise ProbeError(f"{what} must be NxCxHxW or CxHxW, got a tensor of shape {tuple(images.shape)}")
-    elif isinstance(images, (list, tuple)):
-        items = list(images)
-    else:
-        raise ProbeError(f"{what} must be a tensor or a list of tensors, got {type(images).__name__}")
-    if not items:
-        raise ProbeError(f"{what} is empty")
-    out = []
-    for i, img in enumerate(items):
-        if not isinstance(img, torch.Tensor):
-            raise ProbeError(f"{what}[{i}] is a {type(img).__name__}, not a tensor")
-        if img.dim() == 4 and img.shape[0] == 1:
-            img = img[0]
-        if img.dim() != 3:
-            raise ProbeError(f"{what}[{i}] must be CxHxW (or 1xCxHxW), got shape {tuple(img.shape)}")
-        if not img.is_floating_point():
-            raise ProbeError(f"{what}[{i}] must be a floating-point image in [0, 1], got dtype {img.dtype}")
-        if img.shape[0] not in (1, 3):
-            raise ProbeError(f"{what}[{i}] must have 1 or 3 channels, got {img.shape[0]} (shape {tuple(img.shape)})")
-        if not torch.isfinite(img).all():
-            raise ProbeError(f"{what}[{i}] contains NaN or infinite values")
-        out.append(img.detach().unsqueeze(0))
-    return out
-
 
 def _unwrap(model: nn.Module) -> nn.Module:
     # DDP's forward syncs buffers collectively; only rank 0 restores the probe, so use the bare module.
@@ -180,6 +140,7 @@ class StageScheduler:
         self.stage = 0
         self.started = False
         self.history: list[StageRecord] = []
+        self._unwritten: list[StageRecord] = []  # records a failed write left behind
         self.feedback: list[str] = []
         self.initial_weights = loss_fn.weights
         self._t_stage_start = time.perf_counter()
@@ -236,34 +197,26 @@ class StageScheduler:
 
     # -- the stage-end steps ----------------------------------------------------------------
     def restore_probe(self) -> list[torch.Tensor]:
-        """Restore every probe image with the model in eval mode; train mode is put back after."""
-        model = self.model
-        was_training = model.training
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        outputs = []
-        model.eval()
-        try:
-            with torch.no_grad():
-                for lq in self.probe:
-                    out = self.restore_fn(model, lq.to(device))
-                    if not isinstance(out, torch.Tensor):
-                        raise ProbeError(f"restore_fn returned {type(out).__name__}, not a tensor")
-                    out = out.float()
-                    outputs.append(out.clamp(0, 1) if self.clamp else out)
-        finally:
-            model.train(was_training)
-        return outputs
+        """Restore every probe image (eval mode, no grad, autocast off, float32; see ``agentloss.probe``)."""
+        return restore(self.model, self.probe, self.restore_fn, clamp=self.clamp)
 
     def _evaluate(self, record: StageRecord) -> None:
         t0 = time.perf_counter()
         try:
+            if record.stage > 0 and self.loss_fn.diverged:
+                raise DivergedError(f"the loss is not finite ({self.loss_fn.last_values}): the model has diverged")
             restored = self.restore_probe()
         except Exception as e:
             if record.stage == 0:
                 raise  # before training: a clear error beats a run that can never be scored
-            record.errors.append(f"probe restore failed: {type(e).__name__}: {e}")
             record.scores = {o.name: None for o in self.objectives}
             record.timings["restore_s"] = time.perf_counter() - t0
+            if isinstance(e, DivergedError):
+                record.errors.append(str(e))
+                record.fallback = f"{e}; previous weights kept, no agent asked"
+                log.error("stage %d: %s", record.stage, record.fallback)
+            else:
+                record.errors.append(f"probe restore failed: {type(e).__name__}: {e}")
             return
         t1 = time.perf_counter()
         record.timings["restore_s"] = t1 - t0
@@ -297,6 +250,8 @@ class StageScheduler:
         weights, and what the constraints made of them goes into ``record.decision``.
         """
         current = self.loss_fn.weights
+        if record.fallback:  # already decided to keep (a diverged model)
+            return current
         failed = [name for name, v in record.scores.items() if v is None]
         if failed:
             record.fallback = f"objective(s) {failed} could not be scored; previous weights kept"
@@ -374,13 +329,24 @@ class StageScheduler:
         if record.stage > 0:
             self._log(record)
         if self.writer is not None and self.rank == 0:
-            self.writer.append(record)
+            self._write(record)
         for cb in self.callbacks:
             try:
                 cb(record)
             except Exception as e:  # noqa: BLE001 - a plotting callback must not stop training
                 log.warning("stage callback %r failed: %s", cb, e)
         self._t_stage_start = time.perf_counter()
+
+    def _write(self, record: StageRecord) -> None:
+        """Append the record, and any a failed write left behind; a write error never stops training."""
+        self._unwritten.append(record)
+        try:
+            while self._unwritten:
+                self.writer.append(self._unwritten[0])  # type: ignore[union-attr]
+                self._unwritten.pop(0)
+        except OSError as e:  # disk full, the file replaced by a directory...: kept in memory, retried next stage
+            log.error("could not write %d stage record(s) to %s (%s); they are kept and written at the next "
+                      "stage end", len(self._unwritten), self.writer.path, e)  # type: ignore[union-attr]
 
     def _log(self, record: StageRecord) -> None:
         scores = " ".join(f"{k}={'n/a' if v is None else f'{v:.4g}'}" for k, v in record.scores.items())

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,30 @@ from torch import nn
 
 from .constraints import WeightConstraints, WeightError, validate_weights
 from .losses.registry import create_loss, resolve_loss_name
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def check_loss_names(names: list[str]) -> None:
+    """Reject names the answer format (``Weights: l1:gan=1:0.01``) cannot carry, before any training.
+
+    A name is a letter then letters, digits, ``_`` or ``-``, and names must differ in more than
+    case (models write ``L1`` for ``l1``); otherwise every LLM decision would fall back.
+
+    Example:
+        >>> check_loss_names(["l1", "l1:fft"])
+        Traceback (most recent call last):
+        ...
+        agentloss.constraints.WeightError: loss name 'l1:fft' cannot be written in an answer: use a letter, then letters, digits, '_' or '-'
+    """
+    for name in names:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise WeightError(f"loss name {name!r} cannot be written in an answer: use a letter, then letters, "
+                              "digits, '_' or '-'")
+    lowered = [n.lower() for n in names]
+    twins = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    if twins:
+        raise WeightError(f"loss names {twins} differ only in case; a model's answer could not tell them apart")
 
 
 class WeightsView(dict):
@@ -76,6 +101,7 @@ class AgentWeightedLoss(nn.Module):
         super().__init__()
         if not weights:
             raise WeightError("AgentWeightedLoss needs at least one loss name with a weight")
+        check_loss_names(list(weights))
         terms = dict(terms or {})
         unknown_terms = [k for k in terms if k not in weights]
         if unknown_terms:
@@ -160,6 +186,11 @@ class AgentWeightedLoss(nn.Module):
         Reading this synchronises with the device; it is meant for logging, not every step.
         """
         return {n: (float("nan") if v is None else float(v)) for n, v in self._last.items()}
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a term computed at the last forward was NaN or infinite (synchronises with the device)."""
+        return any(v is not None and not bool(torch.isfinite(v)) for v in self._last.values())
 
     # -- state -----------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -97,6 +96,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import agentloss as al
 from agentloss.agents.factory import AGENT_REGISTRY
+from agentloss.agents.factory import agent_options as factory_agent_options
 from agentloss.backbones.small import SmallSR
 from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.datasets.benchmarks import ImagePair
@@ -370,7 +370,7 @@ def agent_options(kind: str) -> list[str]:
     """The keyword options ``create_agent`` accepts for an agent type."""
     if kind not in AGENT_REGISTRY:
         raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(AGENT_REGISTRY)}")
-    return [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
+    return factory_agent_options(kind)
 
 
 def backend_from_flags(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from ..backends.base import BackendError, ChatResult, ContextOverflowError
 __all__ = ["NO_MODEL", "AskOutcome", "ask", "describe_backend", "make_backend", "redact"]
 
 T = TypeVar("T")
+MAX_STORED_CHARS = 20_000  # of one answer, in the record: a runaway 20 MB answer must not bloat stages.jsonl
 NO_MODEL = "none"  # the one spelling of "no language model" in every agent's ``backend`` option
 
 _SECRET_KEY = re.compile(
@@ -145,7 +146,9 @@ def ask(backend: Any, messages: Sequence[Mapping[str, str]], read: Callable[[Cha
                 **{k: v for k, v in (result.info or {}).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}}
         out.calls.append(call)
-        out.exchange.append({"role": "assistant", "content": text, **call})
+        stored = text if len(text) <= MAX_STORED_CHARS else (
+            text[:MAX_STORED_CHARS] + f"\n[... {len(text) - MAX_STORED_CHARS} more characters not stored]")
+        out.exchange.append({"role": "assistant", "content": stored, **call})
         try:
             out.value = read(result)
             return out

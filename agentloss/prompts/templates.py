@@ -28,6 +28,11 @@ from ..proposal import format_number
 __all__ = ["PromptTemplateError", "TemplateSet", "fmt_score"]
 
 
+TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2")
+MAX_RANGE_ITEMS = 10_000  # all range() items of one render together: nested loops cannot hang a run
+MAX_RENDERED_CHARS = 200_000  # a prompt longer than this is a template bug, not a prompt
+
+
 class PromptTemplateError(ValueError):
     """A prompt template that cannot be loaded or rendered (syntax, missing variable, unsafe access).
 
@@ -53,11 +58,27 @@ def fmt_score(value: float | None) -> str:
     return f"{v:.4g}"
 
 
+class _BoundedSandbox(SandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` bounded: ``'x' * 10**10`` would otherwise hang agent construction."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 100:
+            raise PromptTemplateError("exponents above 100 are not allowed in templates")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_CHARS:
+                    raise PromptTemplateError(f"a repeated string or list over {MAX_RENDERED_CHARS} items")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+    env = _BoundedSandbox(
         undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=False,
     )
+    env.globals.pop("lipsum", None)  # lipsum(n=10**9) builds its whole text in one call
     env.filters["num"] = lambda v: format_number(float(v))
     env.filters["score"] = fmt_score
     return env
@@ -116,7 +137,13 @@ class TemplateSet:
         if part not in self._templates:
             raise PromptTemplateError(f"unknown prompt part {part!r}; the parts are {list(self.PARTS)}")
         try:
-            text = self._templates[part].render(**variables)
+            chunks, size = [], 0
+            for chunk in self._templates[part].generate(**variables, range=_RangeBudget()):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RENDERED_CHARS:
+                    raise PromptTemplateError(f"the rendered prompt exceeds {MAX_RENDERED_CHARS} characters")
+            text = "".join(chunks)
         except Exception as exc:  # SecurityError, UndefinedError, errors inside filters ...
             kind = type(exc).__name__
             raise PromptTemplateError(
@@ -146,11 +173,17 @@ TS = TypeVar("TS", bound=TemplateSet)
 
 
 def _load_source(part: str, spec: Any, package_file: str) -> tuple[str, str]:
+    """A part's text and where it came from. Files are read only when named with a template suffix
+    (``.j2``, ``.jinja``, ``.jinja2``): a path mistyped into a template string never reads, say,
+    ``/proc/self/environ`` into a prompt and the run's records."""
     if spec is None:
         ref = importlib.resources.files("agentloss").joinpath("templates", package_file)
         return ref.read_text(encoding="utf-8"), f"package:{package_file}"
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         path = Path(spec).expanduser()
+        if path.suffix not in TEMPLATE_SUFFIXES:
+            raise PromptTemplateError(f"prompt template file for {part!r} must end in {', '.join(TEMPLATE_SUFFIXES)}: "
+                                      f"{path}")
         if not path.is_file():
             raise PromptTemplateError(f"prompt template file for {part!r} not found: {path}")
         return path.read_text(encoding="utf-8"), str(path)
@@ -160,14 +193,30 @@ def _load_source(part: str, spec: Any, package_file: str) -> tuple[str, str]:
 
 
 def _looks_like_path(text: str) -> bool:
+    """One line without ``{`` that ends in a template suffix, or names an existing file (then refused
+    unless it has the suffix, rather than silently used as the template's text)."""
     if "\n" in text or "{" in text or not text.strip():
         return False
-    if text.endswith((".j2", ".jinja", ".jinja2", ".txt")):
+    if text.endswith((*TEMPLATE_SUFFIXES, ".txt")):
         return True
     try:
         return Path(text).expanduser().is_file()
     except OSError:
         return False
+
+
+class _RangeBudget:
+    """``range`` for templates with one budget of items per render (the sandbox bounds each range alone)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_RANGE_ITEMS
+
+    def __call__(self, *args: int) -> range:
+        r = range(*args)
+        self.left -= len(r)
+        if self.left < 0:
+            raise PromptTemplateError(f"the template's loops exceed {MAX_RANGE_ITEMS} range() items in one render")
+        return r
 
 
 def _tidy(text: str) -> str:
