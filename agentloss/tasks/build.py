@@ -47,7 +47,7 @@ from ..datasets.sampling import mix_seed
 from ..objectives import Objective, PSNRObjective, PyiqaObjective, SSIMObjective
 from ..weighted_loss import AgentWeightedLoss
 from .config import ConfigError, RunConfig
-from .harness import EvalSet
+from .scoring import EvalSet
 
 log = logging.getLogger("agentloss")
 

@@ -26,8 +26,8 @@ still see the last iterate, which is scored too.
 from __future__ import annotations
 
 import logging
+import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +38,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..agents import create_agent
-from ..datasets import ImagePair, evaluate
-from ..datasets.evaluation import EvaluationResult
 from ..records import StageRecord, read_records
 from ..scheduler import StageScheduler
 from ..trials import trials_for
+from .scoring import EvalSet, EvalSpec, Scores, score
 from .warmstart import Batch, WarmStart, _bar, warm_start
 
 if TYPE_CHECKING:
@@ -50,29 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentloss")
 
-
-@dataclass
-class EvalSet:
-    """One evaluation set: its pairs and how to score them (``evaluate`` keyword arguments)."""
-
-    name: str
-    pairs: list[ImagePair]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class EvalSpec:
-    """The final scoring: sets, metrics, pyiqa options per metric; ``ema`` > 0 scores an EMA of the weights
-    with that decay (0: the last iterate); ``quiet`` silences per-image warnings (failures are recorded)."""
-
-    sets: list[EvalSet] = field(default_factory=list)
-    metrics: Sequence[str] = ("psnr", "ssim")
-    metric_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ema: float = 0.0
-    tile: int | None = None
-    pad_multiple: int = 1
-    quiet: bool = False
-    skipped: list[str] = field(default_factory=list)  # configured sets that were not found, with why
+__all__ = ["Comparison", "EvalSet", "EvalSpec", "MethodResult", "Scores", "Setup", "StartResult", "compare",
+           "make_start", "score", "score_method", "train_method"]
 
 
 @dataclass
@@ -85,7 +63,8 @@ class Setup:
     directly). ``stream(seed)`` / ``trial_stream(seed)``: the training batches and the separate
     batches of snapshot trials. ``agent_config(method, seed)``: a ``create_agent`` config.
     ``identity``: written to ``config.json`` and checked before resuming. ``keep_files``: write
-    ``config.json``, a checkpoint at each stage end, ``final.pt`` and ``curves.png`` per run.
+    ``config.json``, a checkpoint at each stage end, ``final.pt`` and ``curves.png`` per run (the streams
+    must then have ``state_dict``/``load_state_dict``, for an exact resume).
     """
 
     model: Callable[[], nn.Module]
@@ -113,22 +92,6 @@ class Setup:
     identity: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     log_every: int = 10
-
-
-@dataclass
-class Scores:
-    """One model's final scores: each set's :class:`EvaluationResult` and the time they took."""
-
-    sets: dict[str, EvaluationResult]
-    seconds: float
-
-    @property
-    def mean(self) -> dict[str, dict[str, float]]:
-        return {name: res.mean for name, res in self.sets.items()}
-
-    @property
-    def per_image(self) -> dict[str, dict[str, dict[str, float]]]:
-        return {name: res.per_image for name, res in self.sets.items()}
 
 
 @dataclass
@@ -197,22 +160,8 @@ class Comparison:
                     if all(m in e.get(s, {}) for e in runs)} for s in sets}
 
 
-def score(model: nn.Module, spec: EvalSpec, scale: int, device: torch.device | str = "cpu") -> Scores:
-    """Restore and score each evaluation set with ``agentloss.datasets.evaluate``."""
-    t = time.perf_counter()
-    out = {}
-    with warnings.catch_warnings():
-        if spec.quiet:
-            warnings.simplefilter("ignore")  # a failed metric is in each result's settings["failures"]
-        for s in spec.sets:
-            out[s.name] = evaluate(model, s.pairs, scale, metrics=spec.metrics, tile=spec.tile,
-                                   pad_multiple=spec.pad_multiple, metric_kwargs=spec.metric_kwargs, device=device,
-                                   **s.kwargs)
-    return Scores(out, time.perf_counter() - t)
-
-
 def _fmt(scores: Mapping[str, float | None]) -> str:
-    return " ".join(f"{k}={v:.3f}" if v is not None and v == v else f"{k}=n/a" for k, v in scores.items())
+    return " ".join(f"{k}={v:.3f}" if v is not None and not math.isnan(v) else f"{k}=n/a" for k, v in scores.items())
 
 
 def _weights(w: Mapping[str, float] | None) -> str:
@@ -259,16 +208,15 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
     # Trials draw their own batches: the training stream stays the one a method without trials sees.
     trial_stream = setup.trial_stream or (lambda s: setup.stream(s + 7919))
     trials = trials_for(agent_cfg, opt, lambda: trial_stream(seed))
+    refs = [p.to(device) for p in setup.probe_references or []] if needs_ref else None
     sched = StageScheduler(loss_fn, agent, objectives, model, [p.to(device) for p in setup.probe_lq],
-                           probe_references=[p.to(device) for p in setup.probe_references]  # type: ignore[union-attr]
-                           if needs_ref else None, stage_length=setup.stage_length, total_stages=setup.stages,
+                           probe_references=refs, stage_length=setup.stage_length, total_stages=setup.stages,
                            run_dir=run_dir, restore_fn=setup.restore, trials=trials)
     stream = setup.stream(seed)
     # SR recipes score an EMA of the weights: the last iterate's NIQE moves +-0.035 from one
     # iteration to the next, more than most differences between methods; the EMA's +-0.008.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(setup.eval.ema)) if setup.eval.ema else None
-    files = setup.keep_files and run_dir is not None
-    ckpt = run_dir / "checkpoint.pt" if files else None  # type: ignore[operator]
+    ckpt = run_dir / "checkpoint.pt" if setup.keep_files and run_dir is not None else None
     state = torch.load(ckpt, map_location=device, weights_only=False) if resume and ckpt and ckpt.is_file() else None
     if state is not None and state.get("config") != setup.identity:
         logger.warning("%s: %s was made with another config; starting afresh", method, ckpt)
@@ -282,9 +230,9 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         logger.info("%s: resumed at iteration %d", method, sched.iteration)
-    elif files:
-        run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        (run_dir / "config.json").write_text(setup.identity, encoding="utf-8")  # type: ignore[operator]
+    elif ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        (ckpt.parent / "config.json").write_text(setup.identity, encoding="utf-8")
     tag = f"[{method} seed {seed}]"
     total = setup.stages * setup.stage_length
     bar = _bar(total, f"{setup.labels.get(method, method):>6}", progress)
@@ -318,15 +266,15 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
                              "ema": ema.state_dict() if ema is not None else None, "config": setup.identity})
     bar.close()
     _close(agent)
-    if files:
-        torch.save(model.state_dict(), run_dir / "final.pt")  # type: ignore[operator]
+    if ckpt is not None:
+        torch.save(model.state_dict(), ckpt.parent / "final.pt")
         if ema is not None:
-            torch.save(ema.module.state_dict(), run_dir / "final_ema.pt")  # type: ignore[operator]
+            torch.save(ema.module.state_dict(), ckpt.parent / "final_ema.pt")
         try:
             from ..plotting import plot_run
 
-            plot_run(run_dir)  # type: ignore[arg-type]
-        except Exception as e:  # a plot must never lose a finished run
+            plot_run(ckpt.parent)
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
             logger.warning("could not plot %s: %s", run_dir, e)
     history = sched.history or (read_records(run_dir) if run_dir is not None else [])
     timings = {k: sum(r.timings.get(k, 0.0) for r in history) for k in ("train_s", "restore_s", "score_s", "agent_s")}

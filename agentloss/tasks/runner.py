@@ -27,7 +27,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,7 +138,7 @@ def compare(cfg: RunConfig, progress: bool = True, resume: bool = True, methods:
                      ("compare.png", lambda p: comparison_plot(comp, p))):
         try:
             fn(out / name)
-        except Exception as e:  # figures are extras: a failure is reported, the results are kept
+        except Exception as e:  # noqa: BLE001 - figures are extras: a failure is reported, the results are kept
             log.warning("could not draw %s: %s", name, e)
     comp.wall_s = time.perf_counter() - t0
     return comp
