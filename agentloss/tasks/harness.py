@@ -298,8 +298,10 @@ def score_method(setup: Setup, result: MethodResult, say: Callable[[str], None] 
     result.timings["eval_s"] = time.perf_counter() - t
     result.wall_s += result.timings["eval_s"]
     last = f"  (last iterate: {_sets(result.scores_last.mean)})" if result.scores_last is not None else ""
+    failed = [f for r in result.scores.sets.values() for f in r.settings.get("failures", [])]
+    note = f"  ({len(failed)} failed, scored NaN: {'; '.join(failed[:3])})" if failed else ""
     (say or logger.info)(f"[{result.method} seed {result.seed}] eval{' (EMA)' if result.ema_model is not None else ''}: "
-                      f"{_sets(result.evaluation)}{last}")
+                      f"{_sets(result.evaluation)}{note}{last}")
     return result
 
 
