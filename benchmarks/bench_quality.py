@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -92,11 +91,11 @@ import torch
 from torch import nn
 
 import agentloss as al
-from agentloss.agents.factory import AGENT_REGISTRY
 from agentloss.backbones import create_backbone
 from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.datasets.benchmarks import ImagePair
 from agentloss.records import json_safe
+from agentloss.tasks.config import agent_options
 from agentloss.tasks.harness import Comparison, EvalSet, EvalSpec, MethodResult, Scores, Setup, compare, score
 from agentloss.tasks.warmstart import WarmStart, warm_start
 
@@ -345,13 +344,6 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(config, Mapping) or "type" not in config:
         raise ValueError(f"--method {name}: the agent config needs a 'type' field, got {config!r}")
     return name, dict(config)
-
-
-def agent_options(kind: str) -> list[str]:
-    """The keyword options ``create_agent`` accepts for an agent type."""
-    if kind not in AGENT_REGISTRY:
-        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(AGENT_REGISTRY)}")
-    return [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
 
 
 def backend_from_flags(args: argparse.Namespace) -> dict[str, Any] | None:

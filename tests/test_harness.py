@@ -18,7 +18,7 @@ from agentloss.backbones.small import SmallSR
 from agentloss.cli import main
 from agentloss.tasks import harness
 from agentloss.tasks.config import load_config
-from agentloss.tasks.runner import run, setup_from_config
+from agentloss.tasks.runner import agent_config, run, setup_from_config
 from agentloss.tasks.warmstart import WarmStart, warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,14 @@ def test_harness_runs_seeds_outside_methods_inside(tmp_path):
     mean = comp.mean_evaluation("fixed")["photos"]["psnr"]
     assert mean == pytest.approx((by[0, "fixed"].evaluation["photos"]["psnr"]
                                   + by[1, "fixed"].evaluation["photos"]["psnr"]) / 2)
+
+
+def test_agent_configs_per_seed():
+    cfg = load_config({**TINY, "agent": {"type": "random"}})
+    assert agent_config(cfg, "agent") == {"type": "random", "seed": 0}  # the config's seed, as before (default 0)
+    assert agent_config(cfg, "agent", 3) == {"type": "random", "seed": 3} == agent_config(cfg, "random", 3)
+    assert agent_config(load_config({**TINY, "agent": {"type": "random", "seed": 7}}), "agent", 3)["seed"] == 7
+    assert agent_config(cfg, "fixed", 3) == {"type": "fixed"}
 
 
 def test_compare_cli_with_seeds_and_methods(tmp_path, capsys):

@@ -209,14 +209,12 @@ class RunConfig(_Strict):
     @field_validator("agent")
     @classmethod
     def _agent(cls, v: dict[str, Any]) -> dict[str, Any]:
-        import inspect
-
         from ..agents.factory import AGENT_REGISTRY
 
         kind = v.get("type")
         if kind not in AGENT_REGISTRY:
             raise ValueError(f"type must be one of {sorted(AGENT_REGISTRY)}, got {kind!r}")
-        allowed = [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
+        allowed = agent_options(kind)
         unknown = [k for k in v if k != "type" and k not in allowed]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for agent type {kind!r}; allowed: {allowed}")
@@ -263,6 +261,17 @@ class RunConfig(_Strict):
     @property
     def out_dir(self) -> Path:
         return Path(self.out or os.path.join("runs", self.name))
+
+
+def agent_options(kind: str) -> list[str]:
+    """The options ``create_agent`` takes for an agent type (``ValueError`` for an unknown type)."""
+    import inspect
+
+    from ..agents.factory import AGENT_REGISTRY
+
+    if kind not in AGENT_REGISTRY:
+        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(AGENT_REGISTRY)}")
+    return [p for p in inspect.signature(AGENT_REGISTRY[kind]).parameters if p != "self"]
 
 
 # One table of defaults (like pyiqa's DEFAULT_CONFIGS): the paper's settings per task.

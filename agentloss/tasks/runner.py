@@ -45,7 +45,7 @@ from .build import (
     resolve_device,
     restore_fn,
 )
-from .config import RunConfig, dump_config
+from .config import RunConfig, agent_options, dump_config
 from .harness import Comparison, EvalSpec, MethodResult, Setup, score_method, train_method
 from .report import LABELS as METHOD_LABELS
 from .report import comparison_plot, crops_figure, direction_table, format_table
@@ -58,12 +58,17 @@ __all__ = ["METHOD_LABELS", "Comparison", "MethodResult", "agent_config", "compa
 
 
 def agent_config(cfg: RunConfig, method: str, seed: int | None = None) -> dict[str, Any]:
-    """The ``create_agent`` config of a method: Fixed, Random (seeded by the run's seed) or the configured agent."""
+    """The ``create_agent`` config of a method at ``seed`` (default the config's): Fixed, Random or the
+    configured agent; an agent that takes a ``seed`` and has none configured gets the run's."""
+    seed = cfg.seed if seed is None else seed
     if method == "fixed":
         return {"type": "fixed"}
     if method == "random":
-        return {"type": "random", "seed": cfg.seed if seed is None else seed}
-    return dict(cfg.agent)
+        return {"type": "random", "seed": seed}
+    out = dict(cfg.agent)
+    if "seed" not in out and "seed" in agent_options(out["type"]):
+        out["seed"] = seed  # several seeds: each its own agent draws, as Random's
+    return out
 
 
 def _start_key(cfg: RunConfig) -> str:
