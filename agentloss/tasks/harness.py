@@ -42,7 +42,7 @@ from ..records import StageRecord, read_records
 from ..scheduler import StageScheduler
 from ..trials import trials_for
 from .scoring import EvalSet, EvalSpec, Scores, score
-from .warmstart import Batch, WarmStart, _bar, warm_start
+from .warmstart import Batch, WarmStart, progress_bar, warm_start
 
 if TYPE_CHECKING:
     from .. import AgentWeightedLoss, Objective
@@ -235,7 +235,7 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
         (ckpt.parent / "config.json").write_text(setup.identity, encoding="utf-8")
     tag = f"[{method} seed {seed}]"
     total = setup.stages * setup.stage_length
-    bar = _bar(total, f"{setup.labels.get(method, method):>6}", progress)
+    bar = progress_bar(total, f"{setup.labels.get(method, method):>6}", progress)
     write = bar.write if progress else say
     if not sched.started:
         write(f"{tag} S0 probe: {_fmt(sched.start().scores)}")

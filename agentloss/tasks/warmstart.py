@@ -45,7 +45,7 @@ class WarmStart:
     key: str = ""
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
@@ -65,7 +65,7 @@ def warm_start(make_model: Callable[[], nn.Module], spec: WarmStart, device: tor
     if spec.iters:
         stream = spec.batches()  # built only when training: a cached start needs no data
         opt = torch.optim.Adam(model.parameters(), spec.lr, betas=spec.betas)
-        bar = _bar(spec.iters, "L1 warm start", progress)
+        bar = progress_bar(spec.iters, "L1 warm start", progress)
         for _ in range(spec.iters):
             lq, gt = next(stream)
             loss = F.l1_loss(model(lq.to(device)), gt.to(device))
