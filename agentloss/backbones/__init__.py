@@ -11,7 +11,8 @@ One registry and one factory, in the style of pyiqa's ``create_metric``:
   detection (hyper-parameters read from the weights), PromptIR through
   :func:`~agentloss.backbones.promptir.load_promptir`, MambaIRv2-light through
   :func:`~agentloss.backbones.mambairv2.load_mambairv2light`.
-* :func:`list_backbones` lists the names.
+* :func:`list_backbones` lists the names (the CPU demo network ``small_sr``, the quick start's and the
+  quality benchmark's :class:`~agentloss.backbones.small.SmallSR`, only with ``include_demo=True``).
 
 Every network comes back as a plain ``nn.Module`` in train mode. SwinIR trains on any patch size: spandrel
 recomputes its shifted-window masks when the size is not ``img_size``;
@@ -63,6 +64,7 @@ class BackboneSpec:
         scales: the scales accepted by :func:`create_backbone` (the published ones).
         default_scale: used when ``scale`` is not given.
         tiny: a test/demo configuration rather than a published one.
+        demo: a network of this package for CPU demos (neither published nor a twin of a published one).
     """
 
     family: str
@@ -73,6 +75,7 @@ class BackboneSpec:
     scales: tuple[int, ...]
     default_scale: int
     tiny: bool = False
+    demo: bool = False
 
     @property
     def config(self) -> dict[str, Any]:
@@ -103,6 +106,15 @@ def _build_promptir(scale: int, **config: Any) -> nn.Module:
 
     _sm._check_kwargs(PromptIR, "PromptIR", config)
     return _sm._trainable(PromptIR(**config))
+
+
+def _build_small_sr(scale: int, **config: Any) -> nn.Module:
+    from .small import SmallSR
+
+    _sm._check_kwargs(SmallSR, "SmallSR", {k: v for k, v in config.items() if k != "scale"})
+    if "scale" in config:
+        raise ValueError("SmallSR: pass the scale as `scale`, not in the config")
+    return SmallSR(scale=scale, **config)
 
 
 def _mamba_published() -> Mapping[str, Any]:
@@ -183,6 +195,10 @@ _SPECS: dict[str, BackboneSpec] = {
     "promptir_tiny": BackboneSpec(
         "promptir", _build_promptir, _promptir_config(tiny=True),
         "tiny PromptIR (dim 8, one block per level, small prompts) for tests", "restoration", (1,), 1, tiny=True),
+    "small_sr": BackboneSpec(
+        "small_sr", _build_small_sr, _const({"width": 32, "depth": 4}),
+        "SmallSR: bicubic upsampling plus a residual of 3x3 convolutions and a pixel shuffle; ~40k params, "
+        "trains in seconds on a CPU (the quick start's and the quality benchmark's network)", "sr", _SR, 2, demo=True),
 }
 
 #: name -> :class:`BackboneSpec` (read-only).
@@ -196,22 +212,24 @@ _STRUCTURAL = ("in_chans", "embed_dim", "depths", "num_heads", "window_size", "m
                "resi_connection", "compress_ratio", "squeeze_factor", "overlap_ratio", "num_feat")
 
 
-def list_backbones(task: Task | None = None, include_tiny: bool = True) -> list[str]:
-    """Sorted registry names, optionally only one ``task`` (``"sr"``/``"restoration"``) or without ``*_tiny``.
+def list_backbones(task: Task | None = None, include_tiny: bool = True, include_demo: bool = False) -> list[str]:
+    """Sorted registry names, optionally only one ``task`` (``"sr"``/``"restoration"``) or without ``*_tiny``;
+    the demo networks (``small_sr``) with ``include_demo``.
 
     >>> list_backbones(task="restoration")
     ['promptir', 'promptir_tiny']
     """
     if task not in (None, "sr", "restoration"):
         raise ValueError(f"task must be None, 'sr' or 'restoration', got {task!r}")
-    return sorted(n for n, s in BACKBONES.items() if (task is None or s.task == task) and (include_tiny or not s.tiny))
+    return sorted(n for n, s in BACKBONES.items() if (task is None or s.task == task) and (include_tiny or not s.tiny)
+                  and (include_demo or not s.demo))
 
 
 def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         close = difflib.get_close_matches(str(name), list(BACKBONES), n=2)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown backbone {name!r}{hint}; available: {', '.join(list_backbones())}")
+        raise ValueError(f"unknown backbone {name!r}{hint}; available: {', '.join(list_backbones(include_demo=True))}")
     return BACKBONES[name]
 
 
@@ -305,6 +323,8 @@ def load_backbone(
       tensor that matches by name and shape is copied (e.g. to fine-tune from other-scale weights: the
       upsampler is skipped). Raises ``ValueError`` if nothing matches.
     * ``promptir*``: :func:`~agentloss.backbones.promptir.load_promptir` with the entry's config.
+    * ``small_sr``: a state dict (optionally under ``params``/``state_dict``) for :func:`create_backbone` ``(name,
+      scale)``, loaded with ``strict``.
     * ``mambairv2_light*``: :func:`~agentloss.backbones.mambairv2.load_mambairv2light`; the scale is read from
       ``upsample.0.weight`` when not given.
 
@@ -332,8 +352,15 @@ def load_backbone(
         from .promptir import load_promptir
 
         return _sm._trainable(load_promptir(checkpoint_path, strict=strict, **spec.config))
-    # mambairv2_light
     import torch
+
+    if spec.family == "small_sr":
+        obj = torch.load(os.fspath(checkpoint_path), map_location="cpu", weights_only=True)
+        sd = next((obj[k] for k in ("params", "state_dict") if isinstance(obj.get(k), Mapping)), obj)
+        model = create_backbone(name, scale)
+        model.load_state_dict(sd, strict=strict)
+        return model
+    # mambairv2_light
 
     from .mambairv2 import load_mambairv2light
 

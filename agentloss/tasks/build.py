@@ -1,7 +1,7 @@
 """Build a run's parts from a validated :class:`~agentloss.tasks.config.RunConfig`.
 
 Each function makes one thing: the network, the training stream, the probe set, the loss, the
-objectives, the evaluation sets. Nothing here trains; :mod:`agentloss.tasks.runner` does.
+objectives, the evaluation sets. Nothing here trains; :mod:`agentloss.tasks.harness` does.
 
 >>> from agentloss.tasks.config import load_config
 >>> cfg = load_config({"task": "cisr", "backbone": {"name": "swinir_light_tiny", "scale": 2},
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from ..data import NATURAL_PHOTOS, bicubic_downsample, builtin_photos, crop_to_m
 from ..datasets import (
     GaussianNoise,
     HRFolder,
-    ImagePair,
     PairedFolder,
     RestorationStream,
     TensorImages,
@@ -49,6 +47,7 @@ from ..datasets.sampling import mix_seed
 from ..objectives import Objective, PSNRObjective, PyiqaObjective, SSIMObjective
 from ..weighted_loss import AgentWeightedLoss
 from .config import ConfigError, RunConfig
+from .scoring import EvalSet
 
 log = logging.getLogger("agentloss")
 
@@ -235,15 +234,6 @@ def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective]:
                 kw.setdefault("pretrained_model_path", path)
             out.append(PyiqaObjective(o.name, device=device, **kw))
     return out
-
-
-@dataclass
-class EvalSet:
-    """One evaluation set: its pairs and how to score them."""
-
-    name: str
-    pairs: list[ImagePair]
-    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def eval_metrics(cfg: RunConfig) -> list[str]:

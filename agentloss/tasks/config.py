@@ -56,7 +56,7 @@ class BackboneConfig(_Strict):
     def _known(cls, v: str) -> str:
         from ..backbones import list_backbones
 
-        names = list_backbones()
+        names = list_backbones(include_demo=True)
         if v not in names:
             close = difflib.get_close_matches(v, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -115,7 +115,9 @@ class EvalConfig(_Strict):
     """Evaluation after training: benchmark folders under ``root`` (those found; a missing one is
     reported and skipped) and, with ``builtin``, scikit-image photos kept out of training and probe.
     ``metrics`` default to PSNR and SSIM plus the no-reference objectives; ``size`` centre-crops the
-    built-in photos; ``max_images`` caps each set; ``tile`` restores large images in tiles."""
+    built-in photos; ``max_images`` caps each set; ``tile`` restores large images in tiles. ``ema`` > 0
+    scores an exponential moving average of the weights with that decay (e.g. 0.99; the agent still
+    sees the last iterate, which is scored too); 0 scores the last iterate."""
 
     root: str | None = None
     datasets: list[str] = Field(default_factory=list)
@@ -125,6 +127,7 @@ class EvalConfig(_Strict):
     max_images: int | None = Field(None, ge=1)
     tile: int | None = Field(None, ge=16)
     noise_sigma: float = 25.0
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class ObjectiveConfig(_Strict):
@@ -206,7 +209,7 @@ class RunConfig(_Strict):
     @field_validator("agent")
     @classmethod
     def _agent(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from ..agents.factory import AGENT_REGISTRY, agent_options
+        from ..agents.factory import AGENT_REGISTRY
 
         kind = v.get("type")
         if kind not in AGENT_REGISTRY:
@@ -258,6 +261,15 @@ class RunConfig(_Strict):
     @property
     def out_dir(self) -> Path:
         return Path(self.out or os.path.join("runs", self.name))
+
+
+def agent_options(kind: str) -> list[str]:
+    """The options ``create_agent`` takes for an agent type (``ValueError`` for an unknown type)."""
+    from ..agents import factory
+
+    if kind not in factory.AGENT_REGISTRY:
+        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(factory.AGENT_REGISTRY)}")
+    return factory.agent_options(kind)
 
 
 # One table of defaults (like pyiqa's DEFAULT_CONFIGS): the paper's settings per task.

@@ -26,12 +26,22 @@ from typing import Any
 
 import torch
 
-_LABELS = {"start": "Start", "fixed": "Fixed", "random": "Random", "agent": "Agent"}
+LABELS = {"start": "Start", "fixed": "Fixed", "random": "Random", "agent": "Agent"}
+
+
+def direction_table(cfg: Any) -> dict[str, bool]:
+    """metric -> higher is better (pyiqa's table), for the config's evaluation metrics."""
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    from .build import eval_metrics
+
+    return {m: not DEFAULT_CONFIGS.get(m, {}).get("lower_better", False) for m in eval_metrics(cfg)}
 
 
 def _rows(comp: Any) -> dict[str, dict[str, dict[str, float]]]:
     rows = {"start": comp.start_eval}
-    rows.update({m: r.evaluation for m, r in comp.results.items()})
+    several = len(getattr(comp, "seeds", ())) > 1  # then each row is the mean over the seeds
+    rows.update({m: comp.mean_evaluation(m) if several else r.evaluation for m, r in comp.results.items()})
     return rows
 
 
@@ -53,8 +63,6 @@ def _with_average(evals: dict[str, dict[str, float]]) -> dict[str, dict[str, flo
 def format_table(comp: Any, directions: dict[str, bool] | None = None, digits: int = 3) -> str:
     """A Markdown table (see the module docstring); ``directions``: metric -> higher is better."""
     if directions is None:
-        from .runner import direction_table
-
         directions = direction_table(comp.config)
     rows = {m: _with_average(e) for m, e in _rows(comp).items()}
     sets = list(dict.fromkeys(s for e in rows.values() for s in e))
@@ -67,7 +75,7 @@ def format_table(comp: Any, directions: dict[str, bool] | None = None, digits: i
     head = ["Method"] + [f"{s} {m.upper()}{'↑' if directions.get(m, True) else '↓'}" for s, m in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, e in rows.items():
-        cells = [_LABELS.get(method, method)]
+        cells = [LABELS.get(method, method)]
         for s, m in cols:
             v = e.get(s, {}).get(m)
             if v is None:
@@ -108,7 +116,7 @@ def crops_figure(cfg: Any, models: dict[str, torch.nn.Module], sets: list[Any], 
     pairs = [p for s in sets for p in s.pairs][:images]
     if not pairs:
         raise ValueError("no evaluation images to crop")
-    cols = ["LQ", *[_LABELS.get(m, m) for m in models], "GT"]
+    cols = ["LQ", *[LABELS.get(m, m) for m in models], "GT"]
     fig, axes = plt.subplots(len(pairs), len(cols), figsize=(2.2 * len(cols), 2.3 * len(pairs)), squeeze=False)
     scale = cfg.scale
     for i, pair in enumerate(pairs):
@@ -164,12 +172,12 @@ def comparison_plot(comp: Any, path: str | os.PathLike[str]) -> Path:
         for k, name in enumerate(objectives):
             vals = [rec.scores.get(name) for rec in r.history]
             axes[0][k].plot(stages, [float("nan") if v is None else v for v in vals], marker="o", ms=3,
-                            label=_LABELS.get(method, method))
+                            label=LABELS.get(method, method))
             axes[0][k].set_title(f"probe {name} {arrows.get(name, '')}".strip())
         for k, name in enumerate(losses):
             ax = axes[0][len(objectives) + k]
             ax.step(stages, [rec.weights.get(name, float("nan")) for rec in r.history], where="post",
-                    label=_LABELS.get(method, method))
+                    label=LABELS.get(method, method))
             ax.set_yscale("log")
             ax.set_title(f"weight {name}")
     for ax in axes[0]:
