@@ -59,3 +59,38 @@ def _few_threads():
     # Two cores shared by everything: keep torch from oversubscribing them.
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def crash_and_resume(monkeypatch) -> Callable[[dict], tuple]:
+    """Runs a task config to the end, then again with a KeyboardInterrupt in stage 2 (after stage 1's
+    checkpoint) and a resume: returns ``(uninterrupted, resumed)`` results."""
+    from agentloss.tasks import runner
+    from agentloss.tasks.config import load_config
+
+    def go(base: dict) -> tuple:
+        out = Path(base["out"])
+        whole = runner.run(load_config({**base, "out": str(out / "whole")}), progress=False)
+        real = runner.build_stream
+
+        def crashing(cfg, seed):
+            stream = real(cfg, seed)
+            nxt = type(stream).__next__
+
+            class Crash(type(stream)):
+                def __next__(self):
+                    if self.index == 3:
+                        raise KeyboardInterrupt
+                    return nxt(self)
+
+            stream.__class__ = Crash
+            return stream
+
+        cfg = load_config({**base, "out": str(out / "crash")})
+        monkeypatch.setattr(runner, "build_stream", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(cfg, progress=False)
+        monkeypatch.setattr(runner, "build_stream", real)
+        return whole, runner.run(cfg, progress=False)
+
+    return go

@@ -106,32 +106,10 @@ def test_ema_evaluation_differs_from_the_last_iterate(tmp_path):
     assert last.scores_last is None and load_config(TINY).eval.ema == 0.0  # default: the last iterate
 
 
-def test_ema_resumes_exactly(tmp_path, monkeypatch):
+def test_ema_resumes_exactly(tmp_path, crash_and_resume):
     base = tiny(tmp_path, train={"stage_length": 2, "total_iters": 6, "lr": 1e-2},
                 eval={**TINY["eval"], "ema": 0.9})
-    whole = run(load_config({**base, "out": str(tmp_path / "whole")}), progress=False)
-    from agentloss.tasks import runner
-
-    real = runner.build_stream
-
-    def crashing(cfg, seed):
-        stream = real(cfg, seed)
-        nxt = type(stream).__next__
-
-        class Crash(type(stream)):
-            def __next__(self):
-                if self.index == 3:  # in stage 2, after stage 1's checkpoint
-                    raise KeyboardInterrupt
-                return nxt(self)
-        stream.__class__ = Crash
-        return stream
-
-    cfg = load_config({**base, "out": str(tmp_path / "crash")})
-    monkeypatch.setattr(runner, "build_stream", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, progress=False)
-    monkeypatch.setattr(runner, "build_stream", real)
-    resumed = run(cfg, progress=False)
+    whole, resumed = crash_and_resume(base)
     assert resumed.evaluation == whole.evaluation  # the average was checkpointed with the model
 
 

@@ -145,32 +145,9 @@ def test_missing_folder_is_a_config_error(tmp_path):
 # ----------------------------------------------------------------------------- run / compare / resume
 
 
-def test_run_resumes_after_a_crash_exactly(tmp_path, monkeypatch):
-    base = tiny(tmp_path, agent={"type": "random", "seed": 1}, train={"stage_length": 2, "total_iters": 6})
-    whole = run(load_config({**base, "out": str(tmp_path / "whole")}), progress=False)
-
-    import agentloss.tasks.runner as runner
-
-    real = runner.build_stream
-
-    def crashing(cfg, seed):
-        stream = real(cfg, seed)
-        nxt = type(stream).__next__
-
-        class Crash(type(stream)):
-            def __next__(self):
-                if self.index == 3:  # in stage 2, after stage 1's checkpoint
-                    raise KeyboardInterrupt
-                return nxt(self)
-        stream.__class__ = Crash
-        return stream
-
-    cfg = load_config({**base, "out": str(tmp_path / "crash")})
-    monkeypatch.setattr(runner, "build_stream", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, progress=False)
-    monkeypatch.setattr(runner, "build_stream", real)
-    resumed = run(cfg, progress=False)
+def test_run_resumes_after_a_crash_exactly(tmp_path, crash_and_resume):
+    whole, resumed = crash_and_resume(tiny(tmp_path, agent={"type": "random", "seed": 1},
+                                           train={"stage_length": 2, "total_iters": 6}))
     assert [r.weights for r in resumed.history] == [r.weights for r in whole.history]
     assert [r.scores["psnr_y"] for r in resumed.history] == pytest.approx([r.scores["psnr_y"] for r in whole.history],
                                                                            abs=1e-4)
