@@ -23,6 +23,14 @@ answer is retried with the reason. Lines such as ``Current weights: ...`` or ``P
 Recommended/Adjusted weights:`` are).
 
 ``ProposalError`` says what was wrong in words a model can act on; the LLM agent sends it back.
+It is the only exception an answer can cause (an empty ``loss_names`` is the caller's ``ValueError``).
+
+Whatever the answer holds, reading it takes time linear in its length (no pattern backtracks over
+runs of ``-``, ``#``, ``_`` or spaces, and no ``{``/``<think>`` is rescanned to the end of the text),
+and its length is capped: an answer longer than ``MAX_ANSWER_CHARS`` is not read at all but
+rejected, the message saying so and asking for the two lines. JSON nested deeper than
+``MAX_JSON_DEPTH`` is not read (a broken answer if it starts with a ``"weights"`` key); JSON
+integers too large for a float read as infinite, and so are rejected as not finite.
 
 ``proposal_grammar`` returns a GBNF grammar (llama.cpp) that admits exactly the two-line format
 with the given names, bounded numbers and a bounded ASCII ``Thoughts`` line, so a constrained
@@ -51,6 +59,14 @@ from .constraints import WeightError, validate_weights
 __all__ = ["Proposal", "ProposalError", "format_number", "format_weights", "parse_proposal", "proposal_grammar"]
 
 MAX_THOUGHTS_CHARS = 2000
+# About 25k tokens: far beyond any answer the agents ask for (max_tokens 120-200, a reasoning model's
+# think block included), so only a runaway or hostile answer is cut; reading one this long still
+# takes well under a second.
+MAX_ANSWER_CHARS = 100_000
+# A weights object nests two levels ({"weights": {...}}). Deeper JSON is read as far as this (the
+# decoder recursing ~1000 levels would raise RecursionError); beyond it, it is one object that is
+# not an answer, or a broken answer when it starts with a "weights" key.
+MAX_JSON_DEPTH = 64
 
 
 class ProposalError(ValueError):
@@ -104,7 +120,9 @@ def format_number(value: float) -> str:
 _NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?(?![\w])|[+-]?(?:nan|infinity|inf)\b"
 _NAME = r"[A-Za-z][\w.\-]*"
 _SEP = r"\s*[:/,]\s*"
-_PAIR_SEP = r"\s*(?:[,;]|\band\b)?\s*"
+# One optional separator between pairs; written so that a run of spaces has one way to match
+# (``\s*(?:sep)?\s*`` split long runs in quadratically many ways before failing).
+_PAIR_SEP = r"\s*(?:(?:[,;]|\band\b)\s*)?"
 
 _PAPER_RE = re.compile(
     rf"(?P<names>{_NAME}(?:{_SEP}{_NAME})*)\s*=\s*(?P<vals>(?:{_NUM})(?:{_SEP}(?:{_NUM}))*)", re.IGNORECASE
@@ -115,7 +133,10 @@ _PAIRS_RE = re.compile(
 )
 _VALUES_RE = re.compile(rf"(?P<vals>(?:{_NUM})(?:{_SEP}(?:{_NUM}))*)", re.IGNORECASE)
 _NUM_RE = re.compile(_NUM, re.IGNORECASE)
-_LEAD = r"^\s*(?:(?:[-+>#•]+|\d+[.)])\s*)*"
+# List and heading marks before a label. One mark per repetition: ``(?:[-+>#•]+\s*)*`` could split a
+# run of 30 dashes in 2**29 ways, and a markdown rule (``------``) made every label pattern backtrack
+# through all of them.
+_LEAD = r"^\s*(?:(?:[-+>#•]|\d+[.)])\s*)*"
 _ADJ = r"(?:(?:new|next|proposed|final|updated|suggested|recommended|adjusted|my)\s+)*"
 _WEIGHTS_LABEL_RE = re.compile(
     _LEAD + _ADJ + r"(?:loss\s+)?weights?\s*(?:\((?P<paren>[^)]*)\)\s*)?[:=]\s*(?P<body>.*)$", re.IGNORECASE
@@ -124,15 +145,43 @@ _THOUGHTS_LABEL_RE = re.compile(
     _LEAD + r"(?:thoughts?|reasoning|reason|rationale|explanation)\s*[:=]\s*(?P<body>.*)$", re.IGNORECASE
 )
 _INLINE_THOUGHTS_RE = re.compile(r"\b(?:thoughts?|reasoning|rationale)\s*:\s*(?P<body>.*)$", re.IGNORECASE)
-_THINK_RE = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.IGNORECASE | re.DOTALL)
+_THINK_OPEN_RE = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
+_THINK_CLOSE_RE = re.compile(r"</think(?:ing)?>", re.IGNORECASE)
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
+
+
+_UNDERSCORES_RE = re.compile(r"_+")
+_WORD_RE = re.compile(r"\w")
 
 
 def _clean(line: str) -> str:
     """Drop markdown emphasis and inline-code marks, keeping underscores inside names."""
     line = re.sub(r"[*`~]+", "", line)
-    line = re.sub(r"(?<!\w)_+|_+(?!\w)", "", line)
-    return line.strip()
+    return _UNDERSCORES_RE.sub(_emphasis_underscores, line).strip()
+
+
+def _emphasis_underscores(m: re.Match[str]) -> str:
+    """A run of ``_`` stays only between two word characters (``pixel_l1``); at a word's edge it is
+    emphasis. (The old pattern, a lookbehind-or-lookahead around ``_+``, said the same but rescanned
+    each run from every position in it: quadratic in the run's length.)"""
+    line, start, end = m.string, m.start(), m.end()
+    inside = start > 0 and end < len(line) and _WORD_RE.match(line, start - 1) and _WORD_RE.match(line, end)
+    return m.group() if inside else ""
+
+
+def _strip_think(text: str) -> str:
+    """Closed ``<think>...</think>`` blocks replaced by a newline, each opening matched with the first
+    closing after it (an unclosed block stays). A lazy ``<think>.*?</think>`` pattern did the same but
+    scanned to the end of the text from every unclosed ``<think>``: quadratic."""
+    parts: list[str] = []
+    pos = 0
+    while (opening := _THINK_OPEN_RE.search(text, pos)) is not None:
+        closing = _THINK_CLOSE_RE.search(text, opening.end())
+        if closing is None:
+            break
+        parts += [text[pos:opening.start()], "\n"]
+        pos = closing.end()
+    return "".join(parts) + text[pos:] if parts else text
 
 
 def _short(text: str, n: int = 80) -> str:
@@ -177,7 +226,19 @@ def parse_proposal(text: str, loss_names: Sequence[str]) -> Proposal:
         raise ValueError("loss_names is empty")
     if not isinstance(text, str) or not text.strip():
         raise ProposalError(_missing_message(names, "the answer is empty"))
-    body = _THINK_RE.sub("\n", text)
+    if len(text) > MAX_ANSWER_CHARS:
+        raise ProposalError(_missing_message(
+            names, f"the answer is {len(text)} characters long and was not read (the limit is {MAX_ANSWER_CHARS}); "
+            "answer with just the two lines"))
+    try:
+        return _parse(text, names)
+    except (RecursionError, OverflowError) as exc:  # a last guard: the reading above avoids both
+        raise ProposalError(_missing_message(
+            names, f"the answer could not be read ({type(exc).__name__}); answer with just the two lines")) from None
+
+
+def _parse(text: str, names: list[str]) -> Proposal:
+    body = _strip_think(text)
     lines = body.splitlines()
     offsets = []
     pos = 0
@@ -300,7 +361,10 @@ def _continuation(lines: list[str], i: int) -> tuple[str, int]:
 
 def _read_line_body(body: str, paren: str | None) -> _Candidate:
     thoughts = None
-    tm = _INLINE_THOUGHTS_RE.search(body)
+    # ``$`` is the end or just before a final newline, so a match can only start on the last line:
+    # searching only there keeps a JSON string holding many "thoughts:" lines linear.
+    stem = body.removesuffix("\n")
+    tm = _INLINE_THOUGHTS_RE.search(body, stem.rfind("\n") + 1)
     if tm:
         thoughts = tm.group("body").strip()
         body = body[: tm.start()].strip()
@@ -322,7 +386,7 @@ def _read_line_body(body: str, paren: str | None) -> _Candidate:
         if len(written) != len(values):
             return _Candidate(0, "line", None, None, thoughts,
                               f"the Weights line names {len(written)} loss term(s) "
-                              f"({', '.join(written)}) but gives {len(values)} value(s)")
+                              f"({_listing(written, quote=False)}) but gives {len(values)} value(s)")
         return _Candidate(0, "line", _pairs_to_dict(list(zip(written, values))), None, thoughts, None)
     if kind == "pairs":
         pairs = [(p.group("name"), p.group("val")) for p in _PAIR_RE.finditer(mm.group(0))]
@@ -333,39 +397,109 @@ def _read_line_body(body: str, paren: str | None) -> _Candidate:
         if len(written) != len(values):
             return _Candidate(0, "line", None, None, thoughts,
                               f"the Weights line names {len(written)} loss term(s) "
-                              f"({', '.join(written)}) but gives {len(values)} value(s)")
+                              f"({_listing(written, quote=False)}) but gives {len(values)} value(s)")
         return _Candidate(0, "line", _pairs_to_dict(list(zip(written, values))), None, thoughts, None)
     return _Candidate(0, "line", None, values, thoughts, None)
 
 
 def _pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Keep duplicates visible: a name written twice becomes ``name#2`` so it is reported."""
+    """Keep duplicates visible: a name written again gets a unique key ending in ``#2`` so it is
+    reported (built in one step: appending ``#2`` until unique was cubic in the repeats)."""
     out: dict[str, Any] = {}
     for name, value in pairs:
-        key = name
-        while key in out:
-            key += "#2"
-        out[key] = value
+        out[name if name not in out else f"{name}#{len(out)}#2"] = value
     return out
 
 
+# Where a JSON answer may start: an object with a key (``{}`` or ``{1`` never is one).
+_JSON_START_RE = re.compile(r'\{\s*"')
+_JSON_WEIGHTS_KEY_RE = re.compile(r'\{\s*"(?:weights?|loss_weights|next_weights|new_weights)"\s*:', re.IGNORECASE)
+# A bracket, a whole JSON string (no raw control characters, as the strict decoder wants; unrolled
+# so that it matches or fails in one pass), or a quote that opens no valid string.
+_JSON_TOKEN_RE = re.compile(r'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"|[{}\[\]"]')
+
+
+def _json_int(digits: str) -> int | float:
+    # Long integers as floats: 400 digits overflow to inf (rejected as not finite) instead of an
+    # int that float() cannot convert, and 5000 digits never reach int()'s digit limit.
+    return int(digits) if len(digits) <= 18 else float(digits)
+
+
+_DECODER = json.JSONDecoder(parse_int=_json_int)
+
+
 def _json_candidates(text: str) -> list[_Candidate]:
+    """Every JSON object in the text that reads as an answer, tried at each ``{"`` left to right
+    (what is inside a decoded object is part of it).
+
+    Only the span from ``{"`` to its closing brace is decoded, found beforehand by ``_json_spans``:
+    decoding from ``{"`` in the whole text made every failure cost a pass over the text before it
+    (the decoder's error counts lines), and deep nesting raised RecursionError.
+    """
     out: list[_Candidate] = []
-    decoder = json.JSONDecoder()
-    i = text.find("{")
-    while i != -1:
+    spans: dict[int, tuple[int, bool] | None] = {}
+    budget = [4 * sum(text.count(c) for c in '"{}[]') + 1000]
+    start = _JSON_START_RE.search(text)
+    while start is not None:
+        i = start.start()
+        if i not in spans:
+            _json_spans(text, i, spans, budget)
+        span = spans[i]
+        if span is None:  # never closes: not JSON from here
+            start = _JSON_START_RE.search(text, i + 1)
+            continue
+        end, too_deep = span
+        if too_deep:
+            if _JSON_WEIGHTS_KEY_RE.match(text, i):
+                out.append(_Candidate(i, "json", None, None, None,
+                                      f"the JSON answer is nested more than {MAX_JSON_DEPTH} levels deep"))
+            start = _JSON_START_RE.search(text, end)
+            continue
         try:
-            obj, end = decoder.raw_decode(text, i)
+            obj = _DECODER.raw_decode(text[i:end])[0]
         except ValueError:
-            i = text.find("{", i + 1)
+            start = _JSON_START_RE.search(text, i + 1)
             continue
         if isinstance(obj, dict):
             cand = _json_candidate(obj)
             if cand is not None:
                 cand.pos = i
                 out.append(cand)
-        i = text.find("{", end)
+        start = _JSON_START_RE.search(text, end)
     return out
+
+
+def _json_spans(text: str, i: int, spans: dict[int, tuple[int, bool] | None], budget: list[int]) -> None:
+    """Match brackets from the ``{`` at ``i`` until it closes, skipping strings, and record in ``spans``
+    each bracket met on the way: ``(end, nested deeper than MAX_JSON_DEPTH)``, or None when it never
+    closes (the text ends, or a quote starts no valid string).
+
+    A ``{`` met here is not scanned again, so the scans together pass over each part of the text
+    about once per reading of its quotes (inside a string or not). The budget caps them anyway:
+    an answer needing more (thousands of crossing quotes and braces) is rejected.
+    """
+    stack: list[list[int]] = []  # [position, deepest level reached inside], level = index + 1
+    pos = i
+    while (m := _JSON_TOKEN_RE.search(text, pos)) is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ProposalError("the answer holds too many unbalanced quotes, braces and brackets to read; answer "
+                                "with just the two lines, without JSON")
+        at, pos = m.start(), m.end()
+        ch = text[at]
+        if ch == '"':
+            if pos - at == 1:
+                break  # a quote that starts no valid string: nothing open here closes validly
+        elif ch in "{[":
+            stack.append([at, len(stack) + 1])
+        else:
+            opened, deepest = stack.pop()
+            spans[opened] = (pos, deepest - len(stack) > MAX_JSON_DEPTH)
+            if not stack:
+                return
+            stack[-1][1] = max(stack[-1][1], deepest)
+    for opened, _ in stack:
+        spans[opened] = None
 
 
 _THOUGHT_KEYS = ("thoughts", "thought", "reasoning", "reason", "rationale", "explanation")
@@ -435,12 +569,12 @@ def _resolve(c: _Candidate, names: list[str]) -> dict[str, float]:
                 raw[key] = value
         if dupes:
             raise ProposalError(
-                f"the loss term(s) {', '.join(repr(d) for d in dupes)} are given more than once; give each "
+                f"the loss term(s) {_listing(dupes)} are given more than once; give each "
                 f"term exactly once. " + _format_hint(names)
             )
         if unknown:
             raise ProposalError(
-                f"unknown loss term(s) {', '.join(repr(u) for u in unknown)}; the loss terms are exactly "
+                f"unknown loss term(s) {_listing(unknown)}; the loss terms are exactly "
                 f"{', '.join(names)}. " + _format_hint(names)
             )
         missing = [n for n in names if n not in raw]
@@ -468,6 +602,8 @@ def _to_float(name: str, value: Any) -> float:
         raise ProposalError(f"the weight for {name!r} is not a number ({value!r}); write a decimal like 0.05")
     try:
         v = float(value.strip() if isinstance(value, str) else value)
+    except OverflowError:  # an int beyond any float
+        raise ProposalError(f"the weight for {name!r} is far too large; write a decimal like 0.05") from None
     except (TypeError, ValueError):
         raise ProposalError(
             f"the weight for {name!r} is not a number ({_short(repr(value), 40)}); write a decimal like 0.05"
@@ -511,6 +647,13 @@ def _find_thoughts(lines: list[str], offsets: list[int], chosen: _Candidate, loo
             break
         parts.append(line)
     return "\n".join(parts).strip() or None
+
+
+def _listing(items: Sequence[str], *, quote: bool = True, most: int = 8) -> str:
+    """A few of ``items`` for a message (an answer may repeat a name thousands of times)."""
+    shown = [_short(repr(x) if quote else x, 40) for x in items[:most]]
+    rest = len(items) - len(shown)
+    return ", ".join(shown) + (f" and {rest} more" if rest > 0 else "")
 
 
 def _format_hint(names: Sequence[str]) -> str:

@@ -33,6 +33,7 @@ from agentloss.backends import (
     ContextOverflowError,
     LlamaCppBackend,
     OpenAIBackend,
+    OpenAIConfig,
     TransformersBackend,
     create_backend,
     default_backend_config,
@@ -459,6 +460,7 @@ class StubServer(http.server.ThreadingHTTPServer):
     def __init__(self, reply: Callable[[dict[str, Any]], tuple[int, Any]], delay: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _StubHandler)
         self.reply, self.delay = reply, delay
+        self.trickle = 0.0  # > 0: send the body a byte at a time, this many seconds apart
         self.requests: list[dict[str, Any]] = []
 
     @property
@@ -481,7 +483,12 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if not self.server.trickle:
+                self.wfile.write(data)
+            for i in range(len(data) if self.server.trickle else 0):  # bounded: the body's length
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(self.server.trickle)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
             pass
 
@@ -581,6 +588,26 @@ def test_openai_4xx_is_final_and_context_errors_are_recognised(stub):
     with pytest.raises(BackendError, match="HTTP 429.*after 2 attempts"):
         openai_backend(limited.base_url, max_retries=1).chat(MESSAGES)
     assert len(limited.requests) == 2
+
+
+def test_openai_deadline_is_configured_and_described():
+    assert OpenAIConfig(model="m").deadline == 300  # the default attempts (3 x 60 s + backoff) fit inside
+    backend = openai_backend("http://127.0.0.1:9/v1", deadline=42)
+    assert backend.describe()["deadline"] == 42 and backend.describe()["timeout"] == 60
+    with pytest.raises(ValueError, match=r"field 'deadline': Input should be greater than 0"):
+        openai_backend("http://127.0.0.1:9/v1", deadline=0)
+
+
+def test_openai_body_past_its_timeout_is_cut_and_retried(stub):
+    # The per-read timeout never fires on a body that keeps coming; the attempt's timeout does.
+    server = stub(lambda r: (200, {**OK_BODY, "pad": " " * 300}), delay=0.0)
+    server.trickle = 0.02  # seconds between body bytes: ~8 s for the whole body
+    backend = openai_backend(server.base_url, timeout=0.5, max_retries=1)
+    start = time.monotonic()
+    with pytest.raises(BackendError, match=r"no answer within the timeout of 0.5 s after 2 attempts"):
+        backend.chat(MESSAGES, max_tokens=4)
+    assert time.monotonic() - start < 2 * 0.5 + 0.5
+    assert len(server.requests) == 2
 
 
 def test_openai_without_key_for_the_default_endpoint(monkeypatch):

@@ -5,7 +5,17 @@
 Retries are done here, not by the client (its own ``max_retries`` is set to 0): a request is tried
 at most ``1 + max_retries`` times; a retry follows a timeout, a failed connection, HTTP 408/409/
 429 or any 5xx, after ``min(backoff * 2**i, backoff_max)`` seconds (i = 0, 1, ...). Other 4xx
-answers are final. So a call ends within about ``(1 + max_retries) * timeout + sum(delays)``.
+answers are final.
+
+Time is bounded whatever the server does. The client's own ``timeout`` only bounds each read, so a
+server that trickles its headers or body, or sends an endless chunked body, would hold it forever.
+Here each attempt runs in a worker thread and the caller stops waiting after ``timeout`` seconds
+(the attempt as a whole: connecting, sending, waiting, reading), and the whole call, retries and
+backoff included, after ``deadline`` seconds; a late attempt's client is closed, which releases its
+socket, and the worker stops at its next read. A late call raises ``BackendError`` naming the
+timeout or the deadline, which the agent records as a fallback. The answer's body is read in
+chunks and refused beyond ``MAX_ANSWER_BYTES``, so a fast endless body cannot fill the memory
+before the deadline either.
 
 The API key comes from the environment variable named by ``api_key_env`` (default
 ``OPENAI_API_KEY``) or, discouraged, from a literal ``api_key``. It is never part of
@@ -14,8 +24,10 @@ The API key comes from the environment variable named by ``api_key_env`` (defaul
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -44,10 +56,28 @@ _CONTEXT_TEXT = re.compile(
     r"context[ _-]?(length|window|size)|maximum context|exceeds? the available context|too many tokens", re.IGNORECASE
 )
 _RETRY_STATUS = {408, 409, 429}
+# A chat completion of a few thousand tokens is tens of KB; a body this large is a broken or hostile
+# server, and reading on would only cost memory.
+MAX_ANSWER_BYTES = 4 * 2**20
+
+
+class _Late(Exception):
+    """An attempt ran out of its time (raised where the waiting stops)."""
+
+
+class _BadAnswer(Exception):
+    """The server answered 2xx with something that is not a usable chat completion."""
 
 
 class OpenAIConfig(BackendConfig):
     """Config of ``type: openai``. Only ``model`` is required.
+
+    Time limits, in seconds, both hard (see the module docstring for how they are kept):
+
+    - ``timeout``: one attempt as a whole, from connecting to the last byte of the answer (not, as
+      the openai client's own timeout, each read).
+    - ``deadline``: the whole ``chat`` call, every attempt and backoff delay included. An attempt
+      gets ``min(timeout, time left)``; no retry starts that could not begin before the deadline.
 
     Example:
         >>> OpenAIConfig(model="gpt-4o-mini", base_url="http://127.0.0.1:8080/v1").max_retries
@@ -58,7 +88,11 @@ class OpenAIConfig(BackendConfig):
     base_url: str | None = None  # None: the client's default (OPENAI_BASE_URL or api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"
     api_key: SecretStr | None = None  # literal key; prefer api_key_env
-    timeout: float = Field(60.0, gt=0)  # seconds, per request attempt
+    timeout: float = Field(60.0, gt=0)  # seconds, one attempt from connect to the last byte
+    # Five minutes: the default attempts (3 x 60 s plus 1.5 s of backoff) fit with room to spare, and a
+    # stage-end decision stalled for longer costs more training time than falling back to the current
+    # weights for one stage does. Raise it with timeout for a slow local server.
+    deadline: float = Field(300.0, gt=0)  # seconds, the whole call
     max_retries: int = Field(2, ge=0, le=10)
     backoff: float = Field(0.5, ge=0)  # first retry delay, seconds; doubles each retry
     backoff_max: float = Field(8.0, ge=0)
@@ -156,6 +190,7 @@ class OpenAIBackend:
             "api_key_env": self.config.api_key_env,
             "api_key_source": source,  # "config", "env:NAME" or "none"; never the key
             "timeout": self.config.timeout,
+            "deadline": self.config.deadline,
             "max_retries": self.config.max_retries,
             "grammar_mode": self.config.grammar_mode,
             "supports_grammar": self.supports_grammar,
@@ -171,7 +206,7 @@ class OpenAIBackend:
         seed: int | None = None,
         grammar: str | None = None,
     ) -> ChatResult:
-        client = self._get_client()
+        self._get_client()  # a missing key or package fails here, before any time is counted
         import openai
 
         cfg = self.config
@@ -192,12 +227,18 @@ class OpenAIBackend:
             kwargs["extra_body"] = extra_body
 
         start = time.perf_counter()
+        end = time.monotonic() + cfg.deadline
         attempt = 0
         while True:
             attempt += 1
+            limit = min(cfg.timeout, end - time.monotonic())
             try:
-                response = client.chat.completions.create(**kwargs)
+                data = self._attempt(kwargs, limit)
                 break
+            except (_Late, openai.APITimeoutError):
+                if limit < cfg.timeout:  # the deadline cut this attempt short
+                    raise self._deadline_error(attempt, "no answer yet") from None
+                retry, problem = True, f"no answer within the timeout of {cfg.timeout:g} s"
             except openai.APIStatusError as err:
                 status = err.status_code
                 detail = self._detail(err)
@@ -207,35 +248,85 @@ class OpenAIBackend:
                     ) from None
                 retry = status >= 500 or status in _RETRY_STATUS
                 problem = f"HTTP {status} from server: {detail}"
-            except openai.APITimeoutError:
-                retry, problem = True, f"no answer within the timeout of {cfg.timeout:g} s"
             except openai.APIConnectionError as err:
                 cause = err.__cause__ or err
                 retry, problem = True, f"connection failed ({type(cause).__name__}: {cause})"
-            except openai.OpenAIError as err:  # e.g. an unparseable answer
+            except _BadAnswer as err:
+                retry, problem = False, str(err)
+            except Exception as err:  # noqa: BLE001 - any other failure of the client is still a BackendError
                 retry, problem = False, f"{type(err).__name__}: {err}"
             if not retry or attempt > cfg.max_retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
                 # ``from None``: the chained openai exception holds the request, headers included.
                 raise BackendError(self._redact(f"{self._where()}: {problem}{tries}")) from None
-            time.sleep(min(cfg.backoff * 2 ** (attempt - 1), cfg.backoff_max))
+            delay = min(cfg.backoff * 2 ** (attempt - 1), cfg.backoff_max)
+            if time.monotonic() + delay >= end:
+                raise self._deadline_error(attempt, problem) from None
+            time.sleep(delay)
 
         seconds = time.perf_counter() - start
-        if not response.choices:
-            raise BackendError(self._redact(f"{self._where()}: the answer has no choices"))
-        choice = response.choices[0]
-        usage = response.usage
-        info: dict[str, Any] = {"attempts": attempt, "model": response.model, "id": response.id}
+        info: dict[str, Any] = {"attempts": attempt, **data.pop("info")}
         if grammar is not None and not self.supports_grammar:
             info["grammar_ignored"] = True
-        return ChatResult(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            seconds=seconds,
-            info=info,
-        )
+        return ChatResult(seconds=seconds, info=info, **data)
+
+    def _deadline_error(self, attempts: int, problem: str) -> BackendError:
+        return BackendError(self._redact(
+            f"{self._where()}: no answer within the deadline of {self.config.deadline:g} s "
+            f"({attempts} attempt{'s' if attempts > 1 else ''}; last: {problem})"))
+
+    def _attempt(self, kwargs: dict[str, Any], limit: float) -> dict[str, Any]:
+        """One request in a worker thread; the caller stops waiting after ``limit`` seconds.
+
+        A blocking read cannot be interrupted, so a late attempt is left behind: its client is closed
+        (the socket goes, and the worker's next read fails) and a later attempt opens a new one.
+        """
+        if limit <= 0:
+            raise _Late
+        client = self._get_client()
+        until = time.monotonic() + limit
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome["data"] = self._request(client, kwargs, limit, until)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="agentloss-openai-request", daemon=True).start()
+        if not done.wait(limit):
+            self._drop_client(client)
+            raise _Late
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["data"]
+
+    @staticmethod
+    def _request(client: Any, kwargs: dict[str, Any], limit: float, until: float) -> dict[str, Any]:
+        """Send, then read the body in chunks, stopping at ``until`` or past ``MAX_ANSWER_BYTES``
+        (leaving the ``with`` closes the response and its connection)."""
+        chunks: list[bytes] = []
+        size = 0
+        with client.chat.completions.with_streaming_response.create(**kwargs, timeout=limit) as response:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise _BadAnswer(f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB; not read further")
+                if time.monotonic() > until:
+                    raise _Late
+                chunks.append(chunk)
+        return _completion(b"".join(chunks))
+
+    def _drop_client(self, client: Any) -> None:
+        if self._client is client:
+            self._client = None
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001, S110 - closing a client another thread still uses may complain
+            pass
 
     @staticmethod
     def _detail(err: Any) -> str:
@@ -249,3 +340,35 @@ class OpenAIBackend:
                 return inner[:500]
         text = getattr(err, "message", None) or str(err)
         return str(text)[:500]
+
+
+def _completion(body: bytes) -> dict[str, Any]:
+    """The ChatResult fields of a chat completion's JSON body, or ``_BadAnswer`` saying what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _BadAnswer(f"the answer is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        raise _BadAnswer(f"the answer is not a chat completion (no 'choices' list): {body[:200]!r}")
+    if not choices:
+        raise _BadAnswer("the answer has no choices")
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    if content is not None and not isinstance(content, str):
+        raise _BadAnswer(f"the answer's message content is not text: {str(content)[:200]}")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+
+    def integer(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    return {"text": content or "", "finish_reason": text(choice.get("finish_reason")),
+            "prompt_tokens": integer(usage.get("prompt_tokens")),
+            "completion_tokens": integer(usage.get("completion_tokens")),
+            "info": {"model": text(data.get("model")), "id": text(data.get("id"))}}

@@ -1,0 +1,1 @@
+"""The fault suite: hostile servers and hostile answers; every case must end, quickly, in a recorded outcome."""
