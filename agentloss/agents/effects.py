@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def _log(w: float) -> float:
 def stage_changes(history: Sequence[StageRecord], objective: str, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``[d log w_i ...]`` and score changes for stages k >= 1 with both scores known."""
     xs, ys = [], []
-    for prev, cur in zip(history, history[1:]):
+    for prev, cur in pairwise(history):
         a, b = prev.scores.get(objective), cur.scores.get(objective)
         if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
             continue
