@@ -115,7 +115,7 @@ MUTATIONS: list[tuple[str, object]] = [
     ("agent", {"type": "guided", "backend": "none", "guards": [1, 2]}),
     ("agent", {"type": "llm", "backend": {"type": "openai", "model": "m", "api_key_env": "sk-abcdef0123456789xyz"}}),
     ("train.lr", float("inf")), ("probe", {"kind": "hr_folder"}), ("probe.photos", []), ("eval.size", 0),
-    ("compare", ["fixed", "nope"]), ("niqe_params", "/nonexistent.mat"),
+    ("eval.metrics", ["psnr", "niqee"]), ("compare", ["fixed", "nope"]), ("niqe_params", "/nonexistent.mat"),
     # refused when the run's parts are built and tried, before training
     ("device", "cuda:99"), ("backbone.options.num_heads", [0, 0]),
     ("data.sources", [{"kind": "hr_folder", "path": "/nonexistent"}]),

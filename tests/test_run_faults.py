@@ -245,6 +245,16 @@ def test_niqe_without_its_parameter_file_fails_before_training(tmp_path, monkeyp
         runner.run(cfg, progress=False)
 
 
+def test_a_final_metric_that_cannot_be_built_fails_before_training(tmp_path, monkeypatch):
+    _offline_niqe(monkeypatch)
+    _no_training(monkeypatch)
+    cfg = load_config({**SMALL, "eval": {**SMALL["eval"], "metrics": ["psnr", "niqe"]}, "out": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match="eval.metrics.*niqe_params"):
+        runner.compare(cfg, progress=False)
+    with pytest.raises(ConfigError, match="eval.metrics"):
+        load_config({**SMALL, "eval": {"metrics": ["psnr", "niqee"]}})
+
+
 def test_an_objective_that_cannot_be_built_fails_at_s0_and_is_built_once(monkeypatch):
     _offline_niqe(monkeypatch)
     import pyiqa

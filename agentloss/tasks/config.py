@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .agentopts import agent_options, option_problems
 from .defaults import TASK_DEFAULTS, apply_overrides, deep_merge
 from .identity import looks_like_key, redact_config
 
@@ -139,6 +140,16 @@ class EvalConfig(_Strict):
     tile: int | None = Field(None, ge=16)
     noise_sigma: float = 25.0
     ema: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        from ..objectives import pyiqa_configs
+
+        unknown = [m for m in v or [] if m.lower() not in pyiqa_configs()]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}: not pyiqa metrics (see pyiqa.list_models())")
+        return v
 
 
 class ObjectiveConfig(_Strict):
@@ -254,7 +265,7 @@ class RunConfig(_Strict):
         unknown = [k for k in v if k != "type" and k not in allowed]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for agent type {kind!r}; allowed: {allowed}")
-        bad = _option_problems(kind, v)
+        bad = option_problems(kind, v)
         if bad:
             raise ValueError("; ".join(bad))
         backend = v.get("backend")
@@ -305,47 +316,6 @@ class RunConfig(_Strict):
     @property
     def out_dir(self) -> Path:
         return Path(self.out or os.path.join("runs", self.name))
-
-
-def _option_problems(kind: str, options: Mapping[str, Any]) -> list[str]:
-    """Options whose value does not fit the agent's type hints (``weights: [1, 2]`` for a mapping)."""
-    import typing
-    from dataclasses import is_dataclass
-
-    from pydantic import TypeAdapter
-
-    from ..agents import factory
-
-    owners = [factory.AGENT_REGISTRY[kind]]
-    if kind == "guided":  # its proposer's settings arrive as **options
-        from ..agents.proposer import GuidedProposer
-
-        owners.append(GuidedProposer)
-    hints: dict[str, Any] = {}
-    for owner in owners:
-        try:
-            hints.update(typing.get_type_hints(owner if is_dataclass(owner) else owner.__init__))
-        except Exception:  # noqa: BLE001, S112 - hints that cannot be resolved: the agent checks its options itself
-            continue
-    problems = []
-    for name, value in options.items():
-        if name in hints:
-            try:
-                TypeAdapter(hints[name], config=ConfigDict(arbitrary_types_allowed=True)).validate_python(value)
-            except ValidationError as e:
-                problems.append(f"{name}: {e.errors()[0]['msg']}")
-            except Exception:  # noqa: BLE001, S112 - a hint pydantic cannot check (a protocol, a class)
-                continue
-    return problems
-
-
-def agent_options(kind: str) -> list[str]:
-    """The options ``create_agent`` takes for an agent type (``ValueError`` for an unknown type)."""
-    from ..agents import factory
-
-    if kind not in factory.AGENT_REGISTRY:
-        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(factory.AGENT_REGISTRY)}")
-    return factory.agent_options(kind)
 
 
 def _format_errors(err: ValidationError) -> str:

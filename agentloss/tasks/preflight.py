@@ -3,8 +3,8 @@
 Found after Fixed and Random have trained (hours), a missing GGUF costs the whole comparison; found at
 every stage end, a NIQE without its parameter file silently turns the agent into Fixed. So
 :func:`check_setup` builds, tries and discards what the runs will use: the network (one forward of a
-probe crop), the loss (its terms load their weights), the objectives (their metrics are built, so a
-missing parameter file or download fails here), and per method the agent, fitted into a scheduler
+probe crop), the loss (its terms load their weights), the objectives and the final scoring's metrics
+(built, so a missing parameter file or download fails here), and per method the agent, fitted into a scheduler
 as training will (loss and objective names, probe references) with its language model checked by
 :func:`check_backend` (the runtime is installed; an endpoint answers within a few seconds). The
 random number generators are left as they were: the runs draw exactly what they would without it.
@@ -79,6 +79,20 @@ def _forward(setup: Setup, model: torch.nn.Module) -> None:
         (setup.restore or (lambda m, lq: m(lq)))(model.eval(), x)
 
 
+def _eval_metrics(setup: Setup, model: torch.nn.Module) -> None:
+    """Build the final scoring's metrics: one that cannot be built would fail after every run has trained."""
+    if not setup.eval.sets:
+        return
+    from ..datasets import evaluate
+
+    try:
+        evaluate(model, [], setup.scale, metrics=setup.eval.metrics, metric_kwargs=setup.eval.metric_kwargs,
+                 device="cpu", **setup.eval.sets[0].kwargs)  # no pairs: only the metrics are built
+    except (RuntimeError, ValueError) as e:
+        hint = " (a run config gives NIQE's file as niqe_params:)" if "niqe" in str(e).lower() else ""
+        raise ConfigError(f"invalid run config:\n  eval.metrics: {e}{hint}") from None
+
+
 def _check(setup: Setup, methods: Sequence[str], seed: int) -> None:
     agents = {m: build_agent(setup, m, seed) for m in methods}  # the cheapest checks first
     try:
@@ -101,6 +115,7 @@ def _check(setup: Setup, methods: Sequence[str], seed: int) -> None:
                     obj.prepare()
             except ObjectiveError as e:
                 raise ConfigError(f"invalid run config:\n  objectives: {e}") from None
+        _eval_metrics(setup, model)
         refs = setup.probe_references if any(o.needs_reference for o in objectives) else None
         for method, agent in agents.items():
             try:  # what the scheduler refuses: duplicate objective names, an agent naming what the run lacks
