@@ -8,6 +8,8 @@ Any config field can be overridden (``--set train.total_iters=2000``), the agent
 ``agentloss plot RUN_DIR`` draws a run's weight and score curves; ``agentloss show RUN_DIR`` prints
 its stages as a table; ``agentloss prompt RUN_DIR --config agent.yaml`` prints the exact messages
 an LLM agent would send for the run's next decision (a dry run: no model is loaded).
+``run``/``compare`` check every part first (``--check``: only that); an error a user can fix is one
+``agentloss: error: ...`` line (a config error then lists its fields) and exit status 2.
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     records = read_records(args.run_dir)
     meta = read_meta(args.run_dir)
     if not records:
-        print(f"no stages recorded in {args.run_dir}", file=sys.stderr)
-        return 1
+        raise ValueError(f"no readable stage records in {args.run_dir}")
     arrows = {o["name"]: ("↑" if o["higher_is_better"] else "↓") for o in meta.get("objectives", [])}
     objectives = list(dict.fromkeys(k for r in records for k in r.scores))
     names = list(records[0].weights)
@@ -105,10 +106,21 @@ def _task_config(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, overrides)
 
 
+def _checked(cfg: RunConfig, methods: Sequence[str]) -> int:
+    from .tasks.runner import check
+
+    check(cfg, methods)
+    print(f"ok: {', '.join(methods)} can run with this config (data, network, loss, objectives, agent and backend "
+          f"checked; nothing trained)")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .tasks.runner import run
 
     cfg = _task_config(args)
+    if args.check:
+        return _checked(cfg, ["agent"])
     result = run(cfg, progress=not args.no_progress, resume=not args.fresh)
     for name, scores in result.evaluation.items():
         print(f"{name}: " + "  ".join(f"{k}={v:.4f}" for k, v in scores.items()))
@@ -128,6 +140,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
     except ValueError:
         raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    if args.check:
+        return _checked(cfg, cfg.compare)
     comp = compare(cfg, progress=not args.no_progress, resume=not args.fresh, seeds=seeds)
     print()
     print(format_table(comp))
@@ -162,6 +176,8 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="llama.cpp threads for --gguf")
     p.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--check", action="store_true", help="check every part (data, network, loss, objectives, agent, "
+                                                        "backend), then stop without training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,13 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # What a user can fix (the message says how); anything else is a bug and keeps its traceback.
+    from .backends.base import BackendError
+    from .objectives import ObjectiveError
+
+    return ValueError, OSError, BackendError, ObjectiveError  # ConfigError and CheckpointError are ValueErrors
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError: the message names the field
-        print(f"agentloss: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        first, *rest = str(e).strip().splitlines() or [type(e).__name__]
+        # One error line; a config error's fields follow it, indented.
+        print("\n".join([f"agentloss: error: {first}", *(x if x.startswith(" ") else f"  {x}" for x in rest)]),
+              file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = " (the same command resumes from the last stage end)" if args.command in ("run", "compare") else ""
+        print(f"agentloss: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,13 @@ class Objective:
     def score_image(self, restored: torch.Tensor, reference: torch.Tensor | None) -> float:
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Load what scoring needs now (weights, parameter files); raise ``ObjectiveError`` if it cannot be.
+
+        The scheduler calls it at S0, so a metric that cannot be built stops the run before training
+        rather than leaving every stage unscored. Nothing to load here.
+        """
+
     def score(self, restored: Sequence[torch.Tensor], references: Sequence[torch.Tensor] | None = None) -> ObjectiveResult:
         """Score each image; an exception or a non-finite score marks that image as failed."""
         if self.needs_reference and references is None:
@@ -110,6 +118,33 @@ def parse_pyiqa_range(text: str | None) -> Range | None:
         return None
 
 
+@functools.cache
+def pyiqa_configs() -> dict[str, dict[str, Any]]:
+    """pyiqa's metric table (``pyiqa.default_model_configs.DEFAULT_CONFIGS``: direction, range, mode).
+
+    Read from its file without importing pyiqa (1.5 s: every architecture), so that a config error is
+    reported in two seconds; that file imports nothing of pyiqa. On any surprise pyiqa is imported.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    loaded = sys.modules.get("pyiqa.default_model_configs")
+    if loaded is not None:
+        return dict(loaded.DEFAULT_CONFIGS)
+    try:
+        spec = importlib.util.find_spec("pyiqa")
+        location = Path(spec.origin).parent / "default_model_configs.py"  # type: ignore[union-attr, arg-type]
+        table = importlib.util.spec_from_file_location("_agentloss_pyiqa_configs", location)
+        module = importlib.util.module_from_spec(table)  # type: ignore[arg-type]
+        table.loader.exec_module(module)  # type: ignore[union-attr]
+        return dict(module.DEFAULT_CONFIGS)
+    except Exception:  # noqa: BLE001 - any surprise: the ordinary import
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+        return dict(DEFAULT_CONFIGS)
+
+
 # Short descriptions for the prompt; pyiqa has none in code.
 PYIQA_DESCRIPTIONS: dict[str, str] = {
     "niqe": "naturalness of image statistics, no reference needed (Natural Image Quality Evaluator)",
@@ -132,8 +167,9 @@ class PyiqaObjective(Objective):
     """Any pyiqa metric as an objective; direction and usual range come from pyiqa.
 
     ``kwargs`` go to ``pyiqa.create_metric`` (e.g. ``pretrained_model_path=`` for NIQE's parameter
-    file when offline). pyiqa is imported and the metric built on first use, since importing
-    pyiqa takes seconds and a metric may load weights.
+    file when offline). pyiqa is imported and the metric built on first use (or by ``prepare()``),
+    since importing pyiqa takes seconds and a metric may load weights. ``hint`` replaces the advice
+    given when the metric cannot be built (a task config names its own option for NIQE's file).
 
     Example:
         >>> import torch
@@ -146,7 +182,8 @@ class PyiqaObjective(Objective):
     """
 
     def __init__(self, name: str, *, device: str | torch.device | None = None,
-                 on_image_error: Literal["fail", "skip"] = "fail", display_name: str | None = None, **kwargs: Any):
+                 on_image_error: Literal["fail", "skip"] = "fail", display_name: str | None = None,
+                 hint: str | None = None, **kwargs: Any):
         super().__init__(on_image_error)
         import pyiqa  # noqa: F401  - fail at construction, not at the first stage end, if absent
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
@@ -163,6 +200,7 @@ class PyiqaObjective(Objective):
         self.description = PYIQA_DESCRIPTIONS.get(key, f"pyiqa metric {key}")
         self.kwargs = kwargs
         self.device = device
+        self.hint = hint
         self._metric: Any = None
 
     @property
@@ -174,14 +212,24 @@ class PyiqaObjective(Objective):
             try:
                 self._metric = pyiqa.create_metric(self.metric_name, as_loss=False, device=device, **self.kwargs)
             except Exception as e:
-                hint = ""
-                if self.metric_name == "niqe":
+                hint = f" {self.hint}" if self.hint else ""
+                if self.metric_name == "niqe" and not self.hint:
                     hint = (" NIQE needs niqe_modelparameters.mat: without network, pass "
                             "pretrained_model_path=... or place it in $TORCH_HOME/hub/pyiqa/.")
                 raise ObjectiveError(f"could not build pyiqa metric {self.metric_name!r}: {e}.{hint}") from e
             # pyiqa's own flag is authoritative once the metric exists.
             self.higher_is_better = not bool(self._metric.lower_better)
         return self._metric
+
+    def prepare(self) -> None:
+        self.metric  # noqa: B018 - builds it
+
+    def score(self, restored: Sequence[torch.Tensor], references: Sequence[torch.Tensor] | None = None) -> ObjectiveResult:
+        try:
+            self.metric  # noqa: B018 - built once per call: not rebuilt (and re-downloaded) for every image
+        except ObjectiveError as e:
+            return ObjectiveResult(None, [None] * len(restored), [str(e)])
+        return super().score(restored, references)
 
     def score_image(self, restored: torch.Tensor, reference: torch.Tensor | None) -> float:
         metric = self.metric

@@ -51,6 +51,26 @@ from .weighted_loss import AgentWeightedLoss
 
 log = logging.getLogger("agentloss")
 
+
+def check_agent(agent: Agent, loss_names: list[str], objective_names: list[str]) -> None:
+    """Refuse an agent naming losses or objectives the run lacks: it would fail at every stage end (ValueError)."""
+    from .agents.baselines import FixedAgent
+    from .agents.guided import GuidedAgent
+
+    if isinstance(agent, FixedAgent) and agent.weights is not None:
+        try:
+            validate_weights(agent.weights, loss_names)
+        except WeightError as e:
+            raise ValueError(f"the fixed agent's weights: {e}") from None
+    if isinstance(agent, GuidedAgent):
+        p = agent.proposer
+        missing = [f"objective {n!r}" for n in [p.primary, *(p.guards or {})] if n and n not in objective_names]
+        missing += [f"loss {n!r}" for n in [*(p.tune or []), *(p.roles or {})] if n not in loss_names]
+        if missing:
+            raise ValueError(f"the guided agent names {', '.join(missing)}, which this run does not have "
+                             f"(objectives: {objective_names}; losses: {loss_names})")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     # DDP's forward syncs buffers collectively; only rank 0 restores the probe, so use the bare module.
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -124,6 +144,7 @@ class StageScheduler:
         needing = [o.name for o in objectives if o.needs_reference]
         if needing and self.probe_references is None:
             raise ProbeError(f"objectives {needing} need references: pass probe_references=")
+        check_agent(agent, list(loss_fn.names), names)
         self.loss_fn = loss_fn
         self.agent = agent
         self.objectives = objectives
@@ -152,6 +173,10 @@ class StageScheduler:
         if self.started:
             return self.history[0]
         self._remove_hook()
+        if self.rank == 0:  # an objective that cannot be built (NIQE offline) fails now, not at every stage end
+            for obj in self.objectives:
+                if callable(getattr(obj, "prepare", None)):
+                    obj.prepare()
         self.started = True
         if self.writer is not None and self.rank == 0:
             moved = self.writer.archive_existing()

@@ -55,10 +55,22 @@ NIQE_ENV_VAR = "AGENTLOSS_NIQE_PARAMS"
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU."""
+    """``auto``: CUDA when present, else CPU; a device this machine lacks is a ``ConfigError``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"invalid run config:\n  device: {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+                          f"or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"invalid run config:\n  device: {name} is not on this machine ({count} CUDA "
+                              f"device(s)); use auto or cpu")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"invalid run config:\n  device: {name} is not available on this machine; use auto or cpu")
+    return device
 
 
 def niqe_params(cfg: RunConfig) -> str | None:
@@ -84,11 +96,16 @@ def build_model(cfg: RunConfig) -> nn.Module:
         if b.options:
             raise ConfigError("invalid run config:\n  backbone.options: cannot be combined with backbone.checkpoint "
                               "(the checkpoint fixes the architecture)")
-        return load_backbone(b.name, b.checkpoint, scale=cfg.scale)
+        try:
+            return load_backbone(b.name, b.checkpoint, scale=cfg.scale)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ConfigError(f"invalid run config:\n  backbone.checkpoint: {e}") from e
     try:
         return create_backbone(b.name, cfg.scale, **b.options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid run config:\n  backbone.options: {e}") from e
+    except Exception as e:  # num_heads: [0] divides by zero: any failure here is the options'
+        raise ConfigError(f"invalid run config:\n  backbone.options: {type(e).__name__}: {e}"
+                          if not isinstance(e, (TypeError, ValueError)) else
+                          f"invalid run config:\n  backbone.options: {e}") from e
 
 
 def restore_fn(cfg: RunConfig) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
@@ -144,7 +161,7 @@ def build_stream(cfg: RunConfig, seed: int) -> MixedStream:
             degradation = None if src.kind == "paired" else _degradation(cfg, src.degradation, src.sigmas)
             streams.append(RestorationStream(source, cfg.data.patch, cfg.data.batch, seed=mix_seed(seed, i),
                                              degradation=degradation))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"invalid run config:\n  {where}: {e}") from e
     return MixedStream(streams)
 
@@ -192,7 +209,7 @@ def build_probe(cfg: RunConfig, seed: int = 0) -> tuple[list[torch.Tensor], list
             photos = builtin_photos(p.photos)
             per = -(-p.count // len(photos))
             hrs = [c for img in photos for c in _grid_crops(img, p.size, per)][: p.count]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"invalid run config:\n  probe: {e}") from e
     gts = [crop_to_multiple(h, 8 * scale).contiguous() for h in hrs]
     lqs = []
@@ -211,12 +228,14 @@ def build_probe(cfg: RunConfig, seed: int = 0) -> tuple[list[torch.Tensor], list
 def build_loss(cfg: RunConfig) -> AgentWeightedLoss:
     try:
         constraints = WeightConstraints(**cfg.constraints)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"invalid run config:\n  constraints: {e}") from e
     try:
         return AgentWeightedLoss(dict(cfg.losses), terms=dict(cfg.loss_options), constraints=constraints)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
         raise ConfigError(f"invalid run config:\n  losses/loss_options: {e}") from e
+    except (OSError, RuntimeError) as e:  # a term's weights could not be loaded (VGG19 offline): the message says how
+        raise ConfigError(f"invalid run config:\n  losses: {e}") from e
 
 
 def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective]:
@@ -232,16 +251,18 @@ def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective]:
         else:
             if o.name == "niqe" and (path := niqe_params(cfg)):
                 kw.setdefault("pretrained_model_path", path)
-            out.append(PyiqaObjective(o.name, device=device, **kw))
+            hint = (f"Without network, give its niqe_modelparameters.mat as niqe_params: in the config (or in "
+                    f"${NIQE_ENV_VAR}).") if o.name == "niqe" else None
+            out.append(PyiqaObjective(o.name, device=device, hint=hint, **kw))
     return out
 
 
 def eval_metrics(cfg: RunConfig) -> list[str]:
     if cfg.eval.metrics is not None:
         return list(cfg.eval.metrics)
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    from ..objectives import pyiqa_configs
 
-    nr = [o.name for o in cfg.objectives if DEFAULT_CONFIGS[o.name].get("metric_mode", "NR") == "NR"]
+    nr = [o.name for o in cfg.objectives if pyiqa_configs()[o.name].get("metric_mode", "NR") == "NR"]
     return ["psnr", "ssim", *dict.fromkeys(nr)]
 
 
@@ -267,7 +288,10 @@ def build_eval_sets(cfg: RunConfig) -> tuple[list[EvalSet], list[str]]:
         sets.append(EvalSet(bench.name, pairs, bench.eval_kwargs))
     if e.builtin:
         kind = {"sr": "sr", "realsr": "realsr", "denoise": "denoise"}[cfg.degradation]
-        pairs = builtin_eval_pairs(kind, cfg.scale, noise_sigma=e.noise_sigma, size=e.size, seed=cfg.seed)
+        try:
+            pairs = builtin_eval_pairs(kind, cfg.scale, noise_sigma=e.noise_sigma, size=e.size, seed=cfg.seed)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"invalid run config:\n  eval: {err}") from err
         if e.max_images:
             pairs = pairs[: e.max_images]
         kwargs: dict[str, Any] = {"y_channel": cfg.task != "air"}

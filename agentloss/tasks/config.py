@@ -19,7 +19,6 @@ agentloss.tasks.config.ConfigError: invalid run config:
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import os
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .agentopts import agent_options, option_problems
+from .defaults import TASK_DEFAULTS, apply_overrides, deep_merge
+from .identity import looks_like_key, redact_config
 
 TaskName = Literal["cisr", "risr", "air"]
 Degradation = Literal["auto", "sr", "realsr", "denoise", "derain", "dehaze", "none"]
@@ -38,8 +41,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are errors: a typo must not silently fall back to a default. inf and nan are no
+    # setting (lr: inf trains a NaN model to the end).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackboneConfig(_Strict):
@@ -74,7 +78,7 @@ class SourceConfig(_Strict):
     path: str | None = None
     lq: str | None = None
     gt: str | None = None
-    photos: list[str] | None = None
+    photos: list[str] | None = Field(None, min_length=1)
     degradation: Degradation = "auto"
     sigmas: list[float] = Field(default_factory=lambda: [15.0, 25.0, 50.0])
 
@@ -106,9 +110,17 @@ class ProbeConfig(_Strict):
     path: str | None = None
     lq: str | None = None
     gt: str | None = None
-    photos: list[str] = Field(default_factory=lambda: ["motorcycle_right"])
+    photos: list[str] = Field(default_factory=lambda: ["motorcycle_right"], min_length=1)
     count: int = Field(10, ge=1)
     size: int = Field(256, ge=16)
+
+    @model_validator(mode="after")
+    def _paths(self) -> ProbeConfig:
+        if self.kind == "hr_folder" and not self.path:
+            raise ValueError("probe kind 'hr_folder' needs path: a folder of HR images")
+        if self.kind == "paired" and not (self.lq and self.gt):
+            raise ValueError("probe kind 'paired' needs lq: and gt: folders")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -123,11 +135,21 @@ class EvalConfig(_Strict):
     datasets: list[str] = Field(default_factory=list)
     builtin: bool = True
     metrics: list[str] | None = None
-    size: int | None = None
+    size: int | None = Field(None, ge=16)
     max_images: int | None = Field(None, ge=1)
     tile: int | None = Field(None, ge=16)
     noise_sigma: float = 25.0
     ema: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        from ..objectives import pyiqa_configs
+
+        unknown = [m for m in v or [] if m.lower() not in pyiqa_configs()]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}: not pyiqa metrics (see pyiqa.list_models())")
+        return v
 
 
 class ObjectiveConfig(_Strict):
@@ -139,10 +161,11 @@ class ObjectiveConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+        from ..objectives import pyiqa_configs
 
-        if v.lower() not in DEFAULT_CONFIGS:
-            close = difflib.get_close_matches(v.lower(), list(DEFAULT_CONFIGS), n=3)
+        known = pyiqa_configs()
+        if v.lower() not in known:
+            close = difflib.get_close_matches(v.lower(), list(known), n=3)
             raise ValueError(f"unknown objective {v!r}: not a pyiqa metric"
                              + (f" (close: {', '.join(close)})" if close else "; see pyiqa.list_models()"))
         return v.lower()
@@ -193,6 +216,30 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     compare: list[str] = Field(default_factory=lambda: ["fixed", "random", "agent"])
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto":
+            import torch
+
+            try:
+                torch.device(v)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"{v!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        return v
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from ..constraints import WeightConstraints
+
+        try:
+            WeightConstraints(**v)
+        except (TypeError, ValueError, AttributeError) as e:  # per_loss: [1] fails on .items()
+            raise ValueError(str(e) if not isinstance(e, AttributeError) else
+                             "per_loss must map loss names to [low, high] bounds") from None
+        return v
+
     @field_validator("losses")
     @classmethod
     def _losses(cls, v: dict[str, float]) -> dict[str, float]:
@@ -218,6 +265,14 @@ class RunConfig(_Strict):
         unknown = [k for k in v if k != "type" and k not in allowed]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for agent type {kind!r}; allowed: {allowed}")
+        bad = option_problems(kind, v)
+        if bad:
+            raise ValueError("; ".join(bad))
+        backend = v.get("backend")
+        if isinstance(backend, Mapping) and "api_key_env" in backend and looks_like_key(backend["api_key_env"]):
+            # Never echo it: it is most likely the key itself, pasted into the variable's name.
+            raise ValueError("backend.api_key_env must name an environment variable (e.g. OPENAI_API_KEY), and "
+                             "this value looks like an API key (not shown): put the key in the variable, not here")
         return v
 
     @field_validator("compare")
@@ -263,63 +318,6 @@ class RunConfig(_Strict):
         return Path(self.out or os.path.join("runs", self.name))
 
 
-def agent_options(kind: str) -> list[str]:
-    """The options ``create_agent`` takes for an agent type (``ValueError`` for an unknown type)."""
-    from ..agents import factory
-
-    if kind not in factory.AGENT_REGISTRY:
-        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(factory.AGENT_REGISTRY)}")
-    return factory.agent_options(kind)
-
-
-# One table of defaults (like pyiqa's DEFAULT_CONFIGS): the paper's settings per task.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cisr": {  # classical (bicubic) SR: SwinIR, HAT-S, MambaIRv2-light
-        "backbone": {"name": "swinir", "scale": 4},
-        "losses": {"l1": 1.0, "perceptual": 0.1, "gan": 0.01},
-        "objectives": [{"name": "niqe"}],
-        "agent": {"type": "llm", "needs": "Lower NIQE (more natural-looking images)."},
-        "train": {"stage_length": 5000, "total_iters": 100_000, "lr": 1e-4},
-        "data": {"patch": 192, "batch": 16},  # 48 px LR at x4, as in SwinIR's training
-        "eval": {"datasets": ["Set5", "Set14", "B100", "Urban100", "Manga109"]},
-    },
-    "risr": {  # real-world SR: SwinIR with the second-order degradation made on the fly
-        "backbone": {"name": "swinir_real", "scale": 4},
-        "losses": {"l1": 1.0, "perceptual": 0.1, "gan": 0.01},
-        "objectives": [{"name": "niqe"}],
-        "agent": {"type": "llm", "needs": "Lower NIQE (more natural-looking images)."},
-        "train": {"stage_length": 5000, "total_iters": 200_000, "lr": 1e-4},
-        "data": {"patch": 256, "batch": 16},
-        "eval": {"datasets": ["RealSRSet", "OST300"]},
-    },
-    "air": {  # all-in-one restoration on PromptIR: denoising (sigma 15/25/50), deraining, dehazing
-        "backbone": {"name": "promptir", "scale": 1},
-        "losses": {"l1": 1.0, "perceptual": 0.1, "lpips": 1.0},
-        "objectives": [{"name": "niqe"}],
-        "agent": {"type": "llm", "needs": "Lower NIQE (more natural-looking images)."},
-        "train": {"stage_length": 2500, "total_iters": 100_000, "lr": 1e-4},
-        "data": {"patch": 128, "batch": 8},
-        "eval": {"datasets": ["CBSD68", "Rain100L", "SOTS"]},
-    },
-}
-
-
-# Mappings that a config replaces as a whole: a user's losses are the repository, not additions to it.
-# (An agent section replaces the default agent when it names a type; otherwise it adds options to it.)
-_REPLACED = frozenset({"losses", "loss_options", "constraints"})
-
-
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any], top: bool = True) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        replaced = top and (k in _REPLACED or (k == "agent" and isinstance(v, Mapping) and "type" in v))
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and not replaced:
-            out[k] = _deep_merge(out[k], v, top=False)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -330,25 +328,6 @@ def _format_errors(err: ValidationError) -> str:
         # Checks across fields name their field in the message; a "(top level)" prefix would only add noise.
         lines.append(f"  {msg}" if not e["loc"] else f"  {loc}: {msg}")
     return "invalid run config:\n" + "\n".join(lines)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings (values parsed as YAML: numbers, lists, mappings)."""
-    import yaml
-
-    out = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any], overrides: list[str] | None = None) -> RunConfig:
@@ -373,11 +352,14 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], overrides: l
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     if overrides:
-        data = apply_overrides(data, overrides)
+        try:
+            data = apply_overrides(data, overrides)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     task = data.get("task")
     if task not in TASK_DEFAULTS:
         raise ConfigError(f"invalid run config:\n  task: must be one of {', '.join(TASK_DEFAULTS)}, got {task!r}")
-    merged = _deep_merge(TASK_DEFAULTS[task], data)
+    merged = deep_merge(TASK_DEFAULTS[task], data)
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
@@ -388,5 +370,5 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], overrides: l
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """The full config (defaults included) as JSON, for the run's record."""
-    return json.dumps(cfg.model_dump(mode="json"), indent=2)
+    """The full config (defaults included) as JSON for the run's record, secrets redacted."""
+    return json.dumps(redact_config(cfg.model_dump(mode="json")), indent=2)

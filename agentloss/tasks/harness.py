@@ -37,10 +37,11 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..agents import create_agent
 from ..records import StageRecord, read_records
 from ..scheduler import StageScheduler
 from ..trials import trials_for
+from . import checkpoint
+from .preflight import build_agent, check_setup
 from .scoring import EvalSet, EvalSpec, Scores, score
 from .warmstart import Batch, WarmStart, progress_bar, warm_start
 
@@ -62,9 +63,11 @@ class Setup:
     benchmark, whose network always loads the start; its discriminator init then follows the seed
     directly). ``stream(seed)`` / ``trial_stream(seed)``: the training batches and the separate
     batches of snapshot trials. ``agent_config(method, seed)``: a ``create_agent`` config.
-    ``identity``: written to ``config.json`` and checked before resuming. ``keep_files``: write
-    ``config.json``, a checkpoint at each stage end, ``final.pt`` and ``curves.png`` per run (the streams
-    must then have ``state_dict``/``load_state_dict``, for an exact resume).
+    ``identity``: written to ``config.json`` and checked before resuming: ``differences(saved, identity)``
+    names what makes a checkpoint another run's (default: any change); such a checkpoint is moved
+    aside, not overwritten. ``keep_files``: write ``config.json``, a checkpoint at each stage end,
+    ``final.pt`` and ``curves.png`` per run (the streams must then have ``state_dict``/``load_state_dict``,
+    for an exact resume).
     """
 
     model: Callable[[], nn.Module]
@@ -90,6 +93,7 @@ class Setup:
     run_dir: Callable[[str, int], Path | None] = lambda method, seed: None
     keep_files: bool = False
     identity: str = ""
+    differences: Callable[[str, str], list[str]] = lambda saved, now: [] if saved == now else ["config"]
     labels: Mapping[str, str] = field(default_factory=dict)
     log_every: int = 10
 
@@ -168,16 +172,28 @@ def _weights(w: Mapping[str, float] | None) -> str:
     return ":".join(f"{v:.3g}" for v in (w or {}).values())
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a broken checkpoint
-
-
 def _close(agent: Any) -> None:
     close = getattr(getattr(agent, "backend", None), "close", None)
     if callable(close):
         close()  # free an LLM before the next run loads it again
+
+
+def _resumable(setup: Setup, method: str, ckpt: Path | None, device: torch.device,
+               resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None; one that must make way is moved aside with a warning."""
+    if ckpt is None or not ckpt.is_file():
+        return None
+    if resume:
+        state = checkpoint.load(ckpt, device)
+        differ = setup.differences(str(state.get("config", "")), setup.identity)
+        if not differ:
+            return state
+        why = f"it was made with another config ({', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''} differ)"
+    else:
+        why = "a fresh start was asked for"
+    moved = checkpoint.archive(ckpt)
+    logger.warning("%s: %s; starting afresh, the old checkpoint is kept as %s", method, why, moved)
+    return None
 
 
 def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch.Tensor] | None,
@@ -198,10 +214,7 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
     model.to(device)
     loss_fn = setup.loss().to(device)
     agent_cfg = setup.agent_config(method, seed)
-    try:
-        agent = create_agent(agent_cfg)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"method {method!r}: invalid agent config: {e}") from e
+    agent = build_agent(setup, method, seed)
     objectives = setup.objectives(device)
     needs_ref = any(o.needs_reference for o in objectives) and setup.probe_references is not None
     opt = torch.optim.Adam(model.parameters(), setup.lr, betas=setup.betas)
@@ -217,18 +230,21 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
     # iteration to the next, more than most differences between methods; the EMA's +-0.008.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(setup.eval.ema)) if setup.eval.ema else None
     ckpt = run_dir / "checkpoint.pt" if setup.keep_files and run_dir is not None else None
-    state = torch.load(ckpt, map_location=device, weights_only=False) if resume and ckpt and ckpt.is_file() else None
-    if state is not None and state.get("config") != setup.identity:
-        logger.warning("%s: %s was made with another config; starting afresh", method, ckpt)
-        state = None
+    state = _resumable(setup, method, ckpt, device, resume)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        loss_fn.load_state_dict(state["loss"])
-        sched.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["stream"])  # type: ignore[attr-defined]
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            loss_fn.load_state_dict(state["loss"])
+            sched.load_state_dict(state["scheduler"])
+            stream.load_state_dict(state["stream"])  # type: ignore[attr-defined]
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"{ckpt} does not fit this run ({type(e).__name__}: {e}); move it away, "
+                                             f"or run with --fresh to start again (it is then kept aside)") from None
+        if state.get("rng") is not None:
+            checkpoint.set_rng_state(state["rng"])  # DropPath and the like draw on from where they were
         logger.info("%s: resumed at iteration %d", method, sched.iteration)
     elif ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -261,9 +277,11 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
                   f"{_weights(record.weights)} -> {_weights(record.next_weights)}  ({record.timings.get('train_s', 0):.1f}"
                   f" s train, {record.timings.get('agent_s', 0):.1f} s agent){fb}")
             if ckpt is not None:
-                _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "loss": loss_fn.state_dict(),
-                             "scheduler": sched.state_dict(), "stream": stream.state_dict(),  # type: ignore[attr-defined]
-                             "ema": ema.state_dict() if ema is not None else None, "config": setup.identity})
+                checkpoint.save(ckpt, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "loss": loss_fn.state_dict(),
+                    "scheduler": sched.state_dict(), "stream": stream.state_dict(),  # type: ignore[attr-defined]
+                    "ema": ema.state_dict() if ema is not None else None, "config": setup.identity,
+                    "rng": checkpoint.rng_state()})
     bar.close()
     _close(agent)
     if ckpt is not None:
@@ -329,14 +347,17 @@ def make_start(setup: Setup, progress: bool = False,
 
 def compare(setup: Setup, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *,
             progress: bool = False, resume: bool = False, log: Callable[[str], None] | None = None,
-            on_run: Callable[[Comparison, MethodResult], None] | None = None) -> Comparison:
+            on_run: Callable[[Comparison, MethodResult], None] | None = None, check: bool = True) -> Comparison:
     """Train every method at every seed from the shared start, and score each final model.
 
     ``methods``/``seeds`` default to the setup's; ``log`` receives the progress lines (default: the
     ``agentloss`` logger); ``on_run(comparison_so_far, result)`` is called after each scored run.
+    ``check``: first build and try every part each method will use (``agentloss.tasks.preflight``).
     """
     t0 = time.perf_counter()
     say = log or logger.info
+    if check:
+        check_setup(setup, methods, seeds)
     comp = Comparison([], make_start(setup, progress, say))
     for seed in (setup.seeds if seeds is None else seeds):  # seeds outside: a partial result holds pairs
         for method in (setup.methods if methods is None else methods):

@@ -47,14 +47,16 @@ from .build import (
 )
 from .config import RunConfig, agent_options, dump_config
 from .harness import Comparison, EvalSpec, MethodResult, Setup, score_method, train_method
+from .identity import config_differences
+from .preflight import check_setup
 from .report import LABELS as METHOD_LABELS
 from .report import comparison_plot, crops_figure, direction_table, format_table
 from .warmstart import WarmStart, warm_start
 
 log = logging.getLogger("agentloss")
 
-__all__ = ["METHOD_LABELS", "Comparison", "MethodResult", "agent_config", "compare", "comparison_json", "run",
-           "setup_from_config"]
+__all__ = ["METHOD_LABELS", "Comparison", "MethodResult", "agent_config", "check", "compare", "comparison_json",
+           "run", "setup_from_config"]
 
 
 def agent_config(cfg: RunConfig, method: str, seed: int | None = None) -> dict[str, Any]:
@@ -99,7 +101,7 @@ def setup_from_config(cfg: RunConfig, seeds: Sequence[int] | None = None) -> Set
                       pad_multiple=pad_multiple(cfg), skipped=missing),
         restore=restore_fn(cfg), device=resolve_device(cfg.device), seed_before_model=True,
         run_dir=lambda m, s: out / m if one else out / m / f"seed{s}", keep_files=True, identity=dump_config(cfg),
-        labels=METHOD_LABELS, log_every=cfg.train.log_every)
+        differences=config_differences, labels=METHOD_LABELS, log_every=cfg.train.log_every)
 
 
 def _threads(cfg: RunConfig) -> None:
@@ -107,10 +109,18 @@ def _threads(cfg: RunConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def run(cfg: RunConfig, progress: bool = True, resume: bool = True) -> MethodResult:
-    """Train the configured agent (``cfg.agent``), then evaluate; writes into ``cfg.out_dir``."""
+def check(cfg: RunConfig, methods: Sequence[str] | None = None) -> Setup:
+    """Build and try every part the runs of ``methods`` (default ``cfg.compare``) will use, training nothing
+    (``agentloss run|compare --check``); raises ``ConfigError`` or ``BackendError`` with the fix."""
     _threads(cfg)
     setup = setup_from_config(cfg)
+    check_setup(setup, methods)
+    return setup
+
+
+def run(cfg: RunConfig, progress: bool = True, resume: bool = True) -> MethodResult:
+    """Train the configured agent (``cfg.agent``), then evaluate; writes into ``cfg.out_dir``."""
+    setup = check(cfg, ["agent"])  # a part that cannot work fails now, not after the warm start
     start = None
     if cfg.backbone.checkpoint or cfg.train.pretrain_iters:
         start = warm_start(setup.model, setup.warm, setup.device, progress)[0]  # type: ignore[arg-type]
@@ -129,11 +139,12 @@ def compare(cfg: RunConfig, progress: bool = True, resume: bool = True, methods:
     same start; evaluate; write table, crops and curves into ``cfg.out_dir``."""
     t0 = time.perf_counter()
     _threads(cfg)
+    setup = setup_from_config(cfg, seeds)
+    check_setup(setup, methods)  # every method's parts, before the first one trains
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(dump_config(cfg), encoding="utf-8")
-    setup = setup_from_config(cfg, seeds)
-    comp = harness.compare(setup, methods, progress=progress, resume=resume)
+    comp = harness.compare(setup, methods, progress=progress, resume=resume, check=False)
     comp.config, comp.skipped_sets = cfg, list(setup.eval.skipped)
     comp.wall_s = time.perf_counter() - t0
     (out / "table.md").write_text(format_table(comp) + "\n", encoding="utf-8")
