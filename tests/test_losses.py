@@ -572,3 +572,39 @@ def test_lpips_argument_checks():
         LPIPSLoss(net="alex", pretrained_backbone=False)
     with pytest.raises(ValueError, match="net"):
         LPIPSLoss(net="resnet")
+
+
+# ------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("name", ["ssim", "mscn"])
+def test_statistics_terms_under_bf16_autocast_match_float32(name):
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    term = create_loss(name)
+
+    def value_and_grad(autocast: bool) -> tuple[float, torch.Tensor]:
+        p = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            v = term(p * 1.0, y)
+        v.backward()
+        return float(v), p.grad
+
+    v32, g32 = value_and_grad(False)
+    v16, g16 = value_and_grad(True)
+    assert v16 == pytest.approx(v32, rel=1e-5)
+    assert torch.allclose(g16, g32, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_predictions_work_outside_autocast(dtype):
+    torch.manual_seed(0)
+    y = torch.rand(1, 3, 32, 32)
+    pred = y.to(dtype).requires_grad_(True)
+    for name in ("ssim", "mscn"):
+        assert torch.isfinite(create_loss(name)(pred, y))
+    gan = GANLoss(width=8, depth=1)
+    gan.discriminator_step(pred.detach(), y)
+    value = gan(pred, y)
+    value.backward()
+    assert torch.isfinite(value) and pred.grad is not None

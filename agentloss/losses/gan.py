@@ -196,6 +196,7 @@ class GANLoss(nn.Module):
         if real is None:
             raise ValueError("the gan term's discriminator needs real images: pass the targets as `real`")
         optimizer = self.optimizer
+        real, fake = self._as_discriminator_input(real), self._as_discriminator_input(fake)
         with torch.enable_grad():  # also works when called under torch.no_grad()
             optimizer.zero_grad(set_to_none=True)
             loss = discriminator_loss(self.mode, self.discriminator(real.detach()),
@@ -213,10 +214,16 @@ class GANLoss(nn.Module):
         for p in params:
             p.requires_grad_(False)  # the graph records no edge to D: backward gives D no gradient
         try:
-            return generator_loss(self.mode, self.discriminator(pred))
+            return generator_loss(self.mode, self.discriminator(self._as_discriminator_input(pred)))
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
+
+    def _as_discriminator_input(self, x: torch.Tensor) -> torch.Tensor:
+        # A half-precision output fed to the float32 discriminator outside autocast would raise a dtype
+        # mismatch; under autocast the cast is harmless (autocast casts per operation anyway).
+        dtype = next(self.discriminator.parameters()).dtype
+        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, auto_update={self.auto_update}, lr={self.optimizer_kwargs['lr']:g}"

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import float32, float32_terms
 from .registry import register_loss
 
 __all__ = ["CharbonnierLoss", "FFTLoss", "L1Loss", "MSELoss", "SSIMLoss", "ssim"]
@@ -196,7 +197,9 @@ class SSIMLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         target = _check_pair(pred, target, "ssim")
-        return 1 - ssim(pred, target, self.data_range, self.win_size, self.sigma)
+        pred, target = float32(pred, target)  # local variances in bf16 are quantised to 2^-8
+        with float32_terms(pred):
+            return 1 - ssim(pred, target, self.data_range, self.win_size, self.sigma)
 
     def extra_repr(self) -> str:
         return f"data_range={self.data_range:g}, win_size={self.win_size}, sigma={self.sigma:g}"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .pixel import _check_pair, _gaussian_window
+from .precision import float32, float32_terms
 from .registry import register_loss
 
 __all__ = ["MSCNLoss", "luma", "mscn"]
@@ -104,7 +105,10 @@ class MSCNLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         target = _check_pair(pred, target, "mscn")
-        return F.l1_loss(mscn(pred, self.win_size, self.sigma, self.c), mscn(target, self.win_size, self.sigma, self.c))
+        pred, target = float32(pred, target)  # the normalisation is a difference of squares
+        with float32_terms(pred):
+            return F.l1_loss(mscn(pred, self.win_size, self.sigma, self.c),
+                             mscn(target, self.win_size, self.sigma, self.c))
 
     def extra_repr(self) -> str:
         return f"win_size={self.win_size}, sigma={self.sigma:.4g}, c={self.c:.4g}"
