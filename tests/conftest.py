@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -62,19 +63,15 @@ def _few_threads():
 
 
 @pytest.fixture
-def crash_and_resume(monkeypatch) -> Callable[[dict], tuple]:
-    """Runs a task config to the end, then again with a KeyboardInterrupt in stage 2 (after stage 1's
-    checkpoint) and a resume: returns ``(uninterrupted, resumed)`` results."""
+def crash_run(monkeypatch) -> Callable[[Any], None]:
+    """Runs a task config with a KeyboardInterrupt in stage 2 (after stage 1's checkpoint)."""
     from agentloss.tasks import runner
-    from agentloss.tasks.config import load_config
 
-    def go(base: dict) -> tuple:
-        out = Path(base["out"])
-        whole = runner.run(load_config({**base, "out": str(out / "whole")}), progress=False)
+    def go(cfg: Any) -> None:
         real = runner.build_stream
 
-        def crashing(cfg, seed):
-            stream = real(cfg, seed)
+        def crashing(c, seed):
+            stream = real(c, seed)
             nxt = type(stream).__next__
 
             class Crash(type(stream)):
@@ -86,11 +83,26 @@ def crash_and_resume(monkeypatch) -> Callable[[dict], tuple]:
             stream.__class__ = Crash
             return stream
 
-        cfg = load_config({**base, "out": str(out / "crash")})
         monkeypatch.setattr(runner, "build_stream", crashing)
         with pytest.raises(KeyboardInterrupt):
             runner.run(cfg, progress=False)
         monkeypatch.setattr(runner, "build_stream", real)
+
+    return go
+
+
+@pytest.fixture
+def crash_and_resume(crash_run) -> Callable[[dict], tuple]:
+    """Runs a task config to the end, then again with a crash in stage 2 and a resume: returns
+    ``(uninterrupted, resumed)`` results."""
+    from agentloss.tasks import runner
+    from agentloss.tasks.config import load_config
+
+    def go(base: dict) -> tuple:
+        out = Path(base["out"])
+        whole = runner.run(load_config({**base, "out": str(out / "whole")}), progress=False)
+        cfg = load_config({**base, "out": str(out / "crash")})
+        crash_run(cfg)
         return whole, runner.run(cfg, progress=False)
 
     return go

@@ -36,29 +36,6 @@ SMALL = {**SWIN, "backbone": {"name": "small_sr", "scale": 2, "options": {"width
          "train": {"stage_length": 2, "total_iters": 4, "pretrain_iters": 2}}
 
 
-def _crash(monkeypatch, cfg) -> None:
-    """Run ``cfg`` with a KeyboardInterrupt in stage 2 (after stage 1's checkpoint)."""
-    real = runner.build_stream
-
-    def crashing(c, seed):
-        stream = real(c, seed)
-        nxt = type(stream).__next__
-
-        class Crash(type(stream)):
-            def __next__(self):
-                if self.index == 3:
-                    raise KeyboardInterrupt
-                return nxt(self)
-
-        stream.__class__ = Crash
-        return stream
-
-    monkeypatch.setattr(runner, "build_stream", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(cfg, progress=False)
-    monkeypatch.setattr(runner, "build_stream", real)
-
-
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -96,10 +73,10 @@ def test_rng_states_are_restored(tmp_path):
 # ----------------------------------------------------------------------------- 2. what counts as the same run
 
 
-def test_resume_with_the_out_dir_spelled_differently(tmp_path, monkeypatch, caplog):
+def test_resume_with_the_out_dir_spelled_differently(tmp_path, monkeypatch, caplog, crash_run):
     monkeypatch.chdir(tmp_path)
     base = {**SWIN, "train": {**SWIN["train"], "total_iters": 6}}
-    _crash(monkeypatch, load_config({**base, "out": "runs/x"}))
+    crash_run(load_config({**base, "out": "runs/x"}))
     Path("runs/moved").parent.mkdir(exist_ok=True)
     os.replace("runs/x", "runs/moved")  # a moved run directory, spelled with ./ and a trailing slash
     caplog.set_level(logging.INFO, logger="agentloss")
@@ -114,9 +91,9 @@ def test_resume_with_the_out_dir_spelled_differently(tmp_path, monkeypatch, capl
 
 
 @pytest.mark.parametrize("fresh", [False, True])
-def test_a_checkpoint_is_never_overwritten_silently(tmp_path, monkeypatch, caplog, fresh):
+def test_a_checkpoint_is_never_overwritten_silently(tmp_path, monkeypatch, caplog, fresh, crash_run):
     cfg = load_config({**SWIN, "out": str(tmp_path / "run")})
-    _crash(monkeypatch, cfg)
+    crash_run(cfg)
     ckpt = tmp_path / "run" / "checkpoint.pt"
     saved = ckpt.read_bytes()
     if fresh:
