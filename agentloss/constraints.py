@@ -75,15 +75,17 @@ class WeightConstraints:
 
     ``min_weight``/``max_weight`` bound every weight; ``per_loss`` overrides them by name with a
     ``(low, high)`` pair. ``max_step`` is a multiplicative limit per stage: a weight ``w`` may move
-    to anything in ``[w / max_step, w * max_step]`` (``None``: no limit). Since a zero weight
-    cannot grow by a factor, ``step_floor`` is the value a zero weight may grow from, and a weight
-    at or below it may drop to zero.
+    to anything in ``[w / max_step, w * max_step]``. The default, ×4, keeps one bad or injected
+    answer from moving a weight ×10,000 in one stage while leaving room for any sensible move;
+    ``max_step=None`` is the paper's unlimited behaviour. Since a zero weight cannot grow by a
+    factor, ``step_floor`` is the value a zero weight may grow from, and a weight at or below it may
+    drop to zero.
     """
 
     min_weight: float = 0.0
     max_weight: float = 100.0
     per_loss: dict[str, tuple[float, float]] = field(default_factory=dict)
-    max_step: float | None = None
+    max_step: float | None = 4.0
     step_floor: float = 1e-3
 
     def __post_init__(self) -> None:

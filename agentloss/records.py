@@ -70,12 +70,19 @@ class RecordWriter:
             f.flush()
             os.fsync(f.fileno())
 
+    def rewrite(self, records: list[StageRecord]) -> None:
+        """Replace the file with ``records`` (atomically). On resume the checkpoint's history is the
+        truth: stages the interrupted run wrote after it are re-done, and a line it lost (killed
+        mid-write) comes back, so the file reads as one complete, consistent history."""
+        self._replace(records)
+
     def truncate_after(self, stage: int) -> None:
-        """Drop lines of stages later than ``stage``: a resumed run re-does them, and the file must
-        then read as one consistent history rather than two interleaved ones."""
+        """Drop lines of stages later than ``stage`` (what a resumed run re-does)."""
         if not self.path.exists():
             return
-        kept = [r for r in read_records(self.run_dir) if r.stage <= stage]
+        self._replace([r for r in read_records(self.run_dir) if r.stage <= stage])
+
+    def _replace(self, kept: list[StageRecord]) -> None:
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r.to_dict(), allow_nan=False) + "\n" for r in kept)

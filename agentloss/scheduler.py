@@ -440,5 +440,5 @@ class StageScheduler:
         if self.trials is not None and state.get("trials"):
             self.trials.load_state_dict(state["trials"])
         if self.writer is not None and self.rank == 0:
-            self.writer.truncate_after(self.stage)
+            self.writer.rewrite(self.history)
         self._t_stage_start = time.perf_counter()

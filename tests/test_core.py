@@ -373,7 +373,7 @@ def test_a_custom_agent_returning_garbage_is_a_recorded_fallback(bad):
 def test_clipping_to_all_zero_keeps_the_previous_weights_and_says_so():
     agent = ScriptedAgent([{"l1": 0.0, "mse": 1.0}])  # valid, but mse may not be above 0
     _, loss_fn, _, train = _tiny_setup(agent)
-    loss_fn.constraints = al.WeightConstraints(per_loss={"mse": (0.0, 0.0)})
+    loss_fn.constraints = al.WeightConstraints(per_loss={"mse": (0.0, 0.0)}, max_step=None)
     loss_fn.set_weights({"l1": 1.0, "mse": 0.0})
     rec = train(2)[0]
     assert rec.decision.kept_previous and "previous weights kept" in rec.fallback

@@ -129,3 +129,26 @@ def test_template_files_need_a_template_suffix(tmp_path):
     ok = tmp_path / "system.j2"
     ok.write_text("You tune {{ loss_names | join(', ') }}.")
     assert PromptTemplates(system=ok).render("system", {"loss_names": ["l1"]}) == "You tune l1."
+
+
+def test_by_default_one_answer_moves_a_weight_at_most_four_times(tmp_path):
+    agent = al.FixedAgent({"l1": 1.0, "mse": 10_000.0})  # an answer that revised itself to a huge weight
+    _, loss_fn, sched, train = _setup(tmp_path, agent=agent)
+    train(2)
+    assert loss_fn.weights == {"l1": 1.0, "mse": 4.0} and sched.history[-1].decision.clipped
+    unlimited = al.WeightConstraints(max_step=None, max_weight=1e5)  # the paper: one setting away
+    assert unlimited.apply({"l1": 1e4}, previous={"l1": 1.0}).weights == {"l1": 1e4}
+
+
+def test_resume_rebuilds_a_record_the_interrupted_run_lost(tmp_path):
+    _, _, sched, train = _setup(tmp_path)
+    train(6)
+    state = sched.state_dict()
+    path = tmp_path / "stages.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # the last line cut mid-write
+    assert [r.stage for r in read_records(tmp_path)] == [0, 1, 2]
+    _, _, again, _ = _setup(tmp_path)
+    again.load_state_dict(state)
+    assert [r.stage for r in read_records(tmp_path)] == [0, 1, 2, 3]
+    assert read_records(tmp_path)[-1] == sched.history[-1]
