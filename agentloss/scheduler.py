@@ -29,12 +29,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import platform
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -74,6 +76,16 @@ def check_agent(agent: Agent, loss_names: list[str], objective_names: list[str])
 def _unwrap(model: nn.Module) -> nn.Module:
     # DDP's forward syncs buffers collectively; only rank 0 restores the probe, so use the bare module.
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+_STORE_POLL = timedelta(seconds=10)
+
+
+def _default_store() -> Any:
+    try:
+        return torch.distributed.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private API: without it, fall back to the collective
+        return None
 
 
 def _dist_world() -> tuple[int, int]:
@@ -162,6 +174,7 @@ class StageScheduler:
         self.started = False
         self.history: list[StageRecord] = []
         self._unwritten: list[StageRecord] = []  # records a failed write left behind
+        self._shared = 0  # decisions shared with the other ranks (names the store keys)
         self.feedback: list[str] = []
         self.initial_weights = loss_fn.weights
         self._t_stage_start = time.perf_counter()
@@ -342,9 +355,7 @@ class StageScheduler:
     def _finish(self, record: StageRecord, new_weights: dict[str, float]) -> None:
         """Share the decision with every rank, apply it, record it, start timing the next stage."""
         if self.world_size > 1:
-            payload: list[Any] = [record.to_dict(), new_weights]
-            torch.distributed.broadcast_object_list(payload, src=0)
-            record, new_weights = StageRecord.from_dict(payload[0]), payload[1]
+            record, new_weights = self._share(record, new_weights)
         try:
             self.loss_fn.set_weights(new_weights)
         except WeightError as e:  # bounds changed under us: keep what we have, say so
@@ -361,6 +372,32 @@ class StageScheduler:
             except Exception as e:  # noqa: BLE001 - a plotting callback must not stop training
                 log.warning("stage callback %r failed: %s", cb, e)
         self._t_stage_start = time.perf_counter()
+
+    def _share(self, record: StageRecord, weights: dict[str, float]) -> tuple[StageRecord, dict[str, float]]:
+        """Rank 0's record and weights, on every rank. The other ranks wait on the process group's
+        key-value store in short, repeated waits rather than in a collective: a decision (an LLM on a
+        CPU, a slow endpoint) may take longer than the group's timeout, which would crash every rank."""
+        key = f"agentloss/decision/{self._shared}"
+        self._shared += 1
+        store = _default_store()
+        if store is None:  # no store to wait on: a collective, bounded by the group's timeout
+            payload: list[Any] = [record.to_dict(), weights]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            return StageRecord.from_dict(payload[0]), payload[1]
+        if self.rank == 0:
+            store.set(key, json.dumps({"record": record.to_dict(), "weights": weights}))
+            return record, weights
+        waited = 0.0
+        while True:
+            try:
+                store.wait([key], _STORE_POLL)
+                break
+            except (RuntimeError, torch.distributed.DistStoreError):  # timed out: rank 0 is still deciding
+                waited += _STORE_POLL.total_seconds()
+                if waited % 300 < _STORE_POLL.total_seconds():
+                    log.info("rank %d: waiting for rank 0's decision (%.0f s)", self.rank, waited)
+        data = json.loads(store.get(key))
+        return StageRecord.from_dict(data["record"]), data["weights"]
 
     def _write(self, record: StageRecord) -> None:
         """Append the record, and any a failed write left behind; a write error never stops training."""
