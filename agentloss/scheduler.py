@@ -29,14 +29,12 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -44,6 +42,7 @@ from torch import nn
 
 from .agents.base import Agent, agent_state, describe_agent, load_agent_state
 from .constraints import WeightError, validate_weights
+from .distributed import rank_and_world, share_from_rank0, unwrap
 from .objectives import Objective
 from .probe import DivergedError, ImageInput, ProbeError, as_image_list, restore
 from .records import RecordWriter
@@ -71,27 +70,6 @@ def check_agent(agent: Agent, loss_names: list[str], objective_names: list[str])
         if missing:
             raise ValueError(f"the guided agent names {', '.join(missing)}, which this run does not have "
                              f"(objectives: {objective_names}; losses: {loss_names})")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP's forward syncs buffers collectively; only rank 0 restores the probe, so use the bare module.
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-_STORE_POLL = timedelta(seconds=10)
-
-
-def _default_store() -> Any:
-    try:
-        return torch.distributed.distributed_c10d._get_default_store()
-    except Exception:  # noqa: BLE001 - a private API: without it, fall back to the collective
-        return None
-
-
-def _dist_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class StageScheduler:
@@ -160,7 +138,7 @@ class StageScheduler:
         self.loss_fn = loss_fn
         self.agent = agent
         self.objectives = objectives
-        self.model = _unwrap(model)
+        self.model = unwrap(model)
         self.stage_length = stage_length
         self.total_stages = total_stages
         self.restore_fn = restore_fn or (lambda m, x: m(x))
@@ -168,7 +146,7 @@ class StageScheduler:
         self.callbacks = list(callbacks)
         self.trials = trials
         self.writer = RecordWriter(run_dir) if run_dir is not None else None
-        self.rank, self.world_size = _dist_world()
+        self.rank, self.world_size = rank_and_world()
         self.iteration = 0
         self.stage = 0
         self.started = False
@@ -355,7 +333,9 @@ class StageScheduler:
     def _finish(self, record: StageRecord, new_weights: dict[str, float]) -> None:
         """Share the decision with every rank, apply it, record it, start timing the next stage."""
         if self.world_size > 1:
-            record, new_weights = self._share(record, new_weights)
+            data = share_from_rank0({"record": record.to_dict(), "weights": new_weights}, self.rank, self._shared)
+            self._shared += 1
+            record, new_weights = StageRecord.from_dict(data["record"]), data["weights"]
         try:
             self.loss_fn.set_weights(new_weights)
         except WeightError as e:  # bounds changed under us: keep what we have, say so
@@ -372,32 +352,6 @@ class StageScheduler:
             except Exception as e:  # noqa: BLE001 - a plotting callback must not stop training
                 log.warning("stage callback %r failed: %s", cb, e)
         self._t_stage_start = time.perf_counter()
-
-    def _share(self, record: StageRecord, weights: dict[str, float]) -> tuple[StageRecord, dict[str, float]]:
-        """Rank 0's record and weights, on every rank. The other ranks wait on the process group's
-        key-value store in short, repeated waits rather than in a collective: a decision (an LLM on a
-        CPU, a slow endpoint) may take longer than the group's timeout, which would crash every rank."""
-        key = f"agentloss/decision/{self._shared}"
-        self._shared += 1
-        store = _default_store()
-        if store is None:  # no store to wait on: a collective, bounded by the group's timeout
-            payload: list[Any] = [record.to_dict(), weights]
-            torch.distributed.broadcast_object_list(payload, src=0)
-            return StageRecord.from_dict(payload[0]), payload[1]
-        if self.rank == 0:
-            store.set(key, json.dumps({"record": record.to_dict(), "weights": weights}))
-            return record, weights
-        waited = 0.0
-        while True:
-            try:
-                store.wait([key], _STORE_POLL)
-                break
-            except (RuntimeError, torch.distributed.DistStoreError):  # timed out: rank 0 is still deciding
-                waited += _STORE_POLL.total_seconds()
-                if waited % 300 < _STORE_POLL.total_seconds():
-                    log.info("rank %d: waiting for rank 0's decision (%.0f s)", self.rank, waited)
-        data = json.loads(store.get(key))
-        return StageRecord.from_dict(data["record"]), data["weights"]
 
     def _write(self, record: StageRecord) -> None:
         """Append the record, and any a failed write left behind; a write error never stops training."""

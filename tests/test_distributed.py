@@ -76,9 +76,9 @@ def _slow_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from datetime import timedelta
 
     import agentloss as al
-    from agentloss import scheduler
+    from agentloss import distributed
 
-    scheduler._STORE_POLL = timedelta(seconds=0.5)  # the waits stay short, the decision long
+    distributed.STORE_POLL = timedelta(seconds=0.5)  # the waits stay short, the decision long
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=2))
     try:
