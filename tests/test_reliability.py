@@ -152,3 +152,10 @@ def test_resume_rebuilds_a_record_the_interrupted_run_lost(tmp_path):
     again.load_state_dict(state)
     assert [r.stage for r in read_records(tmp_path)] == [0, 1, 2, 3]
     assert read_records(tmp_path)[-1] == sched.history[-1]
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_and_never_written():
+    with pytest.raises(ValueError, match="must name an environment variable") as err:
+        al.create_backend({"type": "openai", "model": "m", "api_key_env": "sk-proj-abcdef0123456789"})
+    assert "sk-proj-abcdef0123456789" not in str(err.value)
+    assert al.create_backend({"type": "openai", "model": "m", "api_key_env": "MY_KEY"}).describe()["api_key_env"] == "MY_KEY"

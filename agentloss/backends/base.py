@@ -8,6 +8,7 @@ overflow); the agent turns that into a recorded fallback instead of a crash.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -150,3 +151,18 @@ def validate_config(model: type[ConfigT], data: Mapping[str, Any] | ConfigT | No
         raise ValueError(
             f"invalid config for backend {backend!r}: {'; '.join(problems)}. Allowed fields: {allowed}"
         ) from None
+
+
+_KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "aiza", "ghp_", "github_pat_")
+
+
+def looks_like_key(value: Any) -> bool:
+    """Whether ``value``, given as an environment variable's name, is rather a pasted API key.
+
+    >>> looks_like_key("OPENAI_API_KEY"), looks_like_key("sk-proj-abc"), looks_like_key("MY KEY")
+    (False, True, True)
+    """
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return True
+    long_mixed = len(value) >= 32 and not value.isupper() and any(c.isdigit() for c in value)
+    return value.lower().startswith(_KEY_PREFIXES) or long_mixed

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from .base import (
     BackendConfig,
@@ -41,6 +41,7 @@ from .base import (
     ChatResult,
     ContextOverflowError,
     Message,
+    looks_like_key,
     register_backend,
     validate_config,
 )
@@ -98,6 +99,15 @@ class OpenAIConfig(BackendConfig):
     backoff_max: float = Field(8.0, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)  # merged into every request's JSON
     grammar_mode: Literal["none", "llama_cpp"] = "none"  # "llama_cpp": send GBNF as extra_body.grammar
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, v: str) -> str:
+        # A key pasted here would be written, as a "name", into the run's metadata.
+        if looks_like_key(v):
+            raise ValueError("must name an environment variable (e.g. OPENAI_API_KEY); this looks like a key "
+                             "itself: put the key in the environment, or in api_key")
+        return v
     context_size: int | None = Field(None, gt=0)  # tokens, if known
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     top_p: float | None = Field(None, gt=0, le=1)

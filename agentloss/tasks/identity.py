@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..backends.base import looks_like_key
+
 __all__ = ["config_differences", "looks_like_key", "redact_config", "run_fields"]
 
 # Top-level fields and dotted sub-fields that change nothing a run computes (see the module docstring).
@@ -32,19 +34,8 @@ _SCORED_AFTER = "eval"  # only eval.ema changes the run: the checkpoint then hol
 # Fields holding paths, compared resolved.
 _PATHS = frozenset({"checkpoint", "path", "lq", "gt", "model_path"})
 _URL_USER = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "aiza", "ghp_", "github_pat_")
 
 
-def looks_like_key(value: Any) -> bool:
-    """Whether ``value``, given as an environment variable's name, is rather a pasted API key.
-
-    >>> looks_like_key("OPENAI_API_KEY"), looks_like_key("sk-proj-abc"), looks_like_key("MY KEY")
-    (False, True, True)
-    """
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        return True
-    long_mixed = len(value) >= 32 and not value.isupper() and any(c.isdigit() for c in value)
-    return value.lower().startswith(_KEY_PREFIXES) or long_mixed
 
 
 def redact_config(data: Any) -> Any:
