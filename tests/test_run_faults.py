@@ -288,3 +288,38 @@ def test_vgg_offline_fails_before_training(tmp_path, monkeypatch):
 def test_non_numbers_are_config_errors(over, field):
     with pytest.raises(ConfigError, match=field):
         load_config({**SMALL, **over})
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path):
+    """A real SIGKILL (it can land mid-write) of `agentloss run` on SwinIR with DropPath, then a resume."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = {**SWIN, "train": {"stage_length": 20, "total_iters": 60, "lr": 1e-2}}
+
+    def command(out: Path) -> list[str]:
+        path = tmp_path / f"{out.name}.yaml"
+        path.write_text(json.dumps({**cfg, "out": str(out)}))
+        return [sys.executable, "-m", "agentloss.cli", "run", str(path), "--no-progress"]
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(command(whole), check=True, env=env, capture_output=True, timeout=300)
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = time.monotonic()
+    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() - t < 120:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "final.pt").exists()  # killed before the end
+    subprocess.run(command(killed), check=True, env=env, capture_output=True, timeout=300)
+    a = torch.load(whole / "final.pt", weights_only=True)
+    b = torch.load(killed / "final.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = read_records(whole), read_records(killed)
+    assert [(r.stage, r.weights, r.next_weights, r.scores) for r in ra] == \
+        [(r.stage, r.weights, r.next_weights, r.scores) for r in rb]
