@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .agents.base import Agent, agent_state, describe_agent, load_agent_state
+from .agents.base import Agent, agent_state, check_agent, describe_agent, load_agent_state
 from .constraints import WeightError, validate_weights
 from .distributed import rank_and_world, share_from_rank0, unwrap
 from .objectives import Objective
@@ -51,25 +51,6 @@ from .types import Decision, DecisionContext, DecisionRecord, StageRecord
 from .weighted_loss import AgentWeightedLoss
 
 log = logging.getLogger("agentloss")
-
-
-def check_agent(agent: Agent, loss_names: list[str], objective_names: list[str]) -> None:
-    """Refuse an agent naming losses or objectives the run lacks: it would fail at every stage end (ValueError)."""
-    from .agents.baselines import FixedAgent
-    from .agents.guided import GuidedAgent
-
-    if isinstance(agent, FixedAgent) and agent.weights is not None:
-        try:
-            validate_weights(agent.weights, loss_names)
-        except WeightError as e:
-            raise ValueError(f"the fixed agent's weights: {e}") from None
-    if isinstance(agent, GuidedAgent):
-        p = agent.proposer
-        missing = [f"objective {n!r}" for n in [p.primary, *(p.guards or {})] if n and n not in objective_names]
-        missing += [f"loss {n!r}" for n in [*(p.tune or []), *(p.roles or {})] if n not in loss_names]
-        if missing:
-            raise ValueError(f"the guided agent names {', '.join(missing)}, which this run does not have "
-                             f"(objectives: {objective_names}; losses: {loss_names})")
 
 
 class StageScheduler:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..types import Decision, DecisionContext, ObjectiveInfo
 
-__all__ = ["Agent", "BaseAgent", "Decision", "DecisionContext", "ObjectiveInfo", "agent_state", "describe_agent",
+__all__ = ["Agent", "BaseAgent", "Decision", "DecisionContext", "ObjectiveInfo", "agent_state", "check_agent", "describe_agent",
            "load_agent_state"]
 
 
@@ -44,6 +44,10 @@ class BaseAgent:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "class": type(self).__name__}
 
+    def check(self, loss_names: list[str], objective_names: list[str]) -> None:
+        """Raise ``ValueError`` if this agent names losses or objectives the run lacks (it would fail
+        at every stage end); the scheduler calls it at construction."""
+
 
 def agent_state(agent: Agent) -> dict[str, Any]:
     fn = getattr(agent, "state_dict", None)
@@ -54,6 +58,12 @@ def load_agent_state(agent: Agent, state: dict[str, Any]) -> None:
     fn = getattr(agent, "load_state_dict", None)
     if callable(fn):
         fn(state)
+
+
+def check_agent(agent: Agent, loss_names: list[str], objective_names: list[str]) -> None:
+    fn = getattr(agent, "check", None)
+    if callable(fn):
+        fn(loss_names, objective_names)
 
 
 def describe_agent(agent: Agent) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constraints import WeightError, validate_weights
 from .base import BaseAgent, Decision, DecisionContext
 
 
@@ -36,6 +37,13 @@ class FixedAgent(BaseAgent):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "weights": self.weights}
+
+    def check(self, loss_names: list[str], objective_names: list[str]) -> None:
+        if self.weights is not None:
+            try:
+                validate_weights(self.weights, loss_names)
+            except WeightError as e:
+                raise ValueError(f"the fixed agent's weights: {e}") from None
 
 
 class RandomAgent(BaseAgent):

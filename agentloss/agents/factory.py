@@ -32,6 +32,8 @@ def agent_options(kind: str) -> list[str]:
         >>> agent_options("random")
         ['seed', 'max_factor']
     """
+    if kind not in AGENT_REGISTRY:
+        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(AGENT_REGISTRY)}")
     factory = AGENT_REGISTRY[kind]
     names = getattr(factory, "option_names", None)
     return list(names()) if callable(names) else [p for p in inspect.signature(factory).parameters if p != "self"]

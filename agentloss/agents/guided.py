@@ -153,6 +153,14 @@ class GuidedAgent(BaseAgent):
         return Decision(weights=chosen.weights, thoughts=thoughts, exchange=exchange, attempts=max(1, attempts),
                         info=info, action=chosen.action)
 
+    def check(self, loss_names: list[str], objective_names: list[str]) -> None:
+        p = self.proposer
+        missing = [f"objective {n!r}" for n in [p.primary, *(p.guards or {})] if n and n not in objective_names]
+        missing += [f"loss {n!r}" for n in [*(p.tune or []), *(p.roles or {})] if n not in loss_names]
+        if missing:
+            raise ValueError(f"the guided agent names {', '.join(missing)}, which this run does not have "
+                             f"(objectives: {objective_names}; losses: {loss_names})")
+
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"decisions": self.decisions, "llm_fallbacks": self.llm_fallbacks}

@@ -1,7 +1,7 @@
-"""Which options an agent type takes, and whether a config's values fit them (for the run config's checks).
+"""Whether a config's agent options fit the agent's type hints (for the run config's checks).
 
->>> agent_options("random"), option_problems("fixed", {"weights": [1, 2]})
-(['seed', 'max_factor'], ['weights: Input should be a valid dictionary'])
+>>> option_problems("fixed", {"weights": [1, 2]})
+['weights: Input should be a valid dictionary']
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError
 
-__all__ = ["agent_options", "option_problems"]
+__all__ = ["option_problems"]
 
 
 def option_problems(kind: str, options: Mapping[str, Any]) -> list[str]:
@@ -44,12 +44,3 @@ def option_problems(kind: str, options: Mapping[str, Any]) -> list[str]:
             except Exception:  # noqa: BLE001, S112 - a hint pydantic cannot check (a protocol, a class)
                 continue
     return problems
-
-
-def agent_options(kind: str) -> list[str]:
-    """The options ``create_agent`` takes for an agent type (``ValueError`` for an unknown type)."""
-    from ..agents import factory
-
-    if kind not in factory.AGENT_REGISTRY:
-        raise ValueError(f"unknown agent type {kind!r}; registered: {sorted(factory.AGENT_REGISTRY)}")
-    return factory.agent_options(kind)

@@ -28,7 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .agentopts import agent_options, option_problems
+from ..agents.factory import agent_options
+from .agentopts import option_problems
 from .defaults import TASK_DEFAULTS, apply_overrides, deep_merge
 from .identity import looks_like_key, redact_config
 
