@@ -63,6 +63,9 @@ class StageScheduler:
         objectives: what is scored on the probe set; each keeps its direction.
         model: the network; the probe is restored with ``restore_fn(model, lq)`` (default
             ``model(lq)``) in eval mode under ``no_grad``, then train mode is restored.
+        probe_model: the module the probe is restored with instead of ``model`` (an EMA of the
+            weights, e.g. ``torch.optim.swa_utils.AveragedModel``): what you evaluate is what is scored.
+            With trials, ``SnapshotTrials`` must snapshot it (``state=[ema]``) and update it.
         probe: a few low-quality inputs (``NxCxHxW`` or a list of ``CxHxW`` of any sizes) in [0, 1].
         probe_references: optional ground truths, one per probe image, for full-reference objectives.
         stage_length: iterations per stage.
@@ -93,6 +96,7 @@ class StageScheduler:
         clamp: bool = True,
         callbacks: Sequence[Callable[[StageRecord], Any]] = (),
         trials: SnapshotTrials | None = None,
+        probe_model: nn.Module | None = None,
     ):
         if not isinstance(loss_fn, AgentWeightedLoss):
             raise TypeError(f"loss_fn must be an AgentWeightedLoss, got {type(loss_fn).__name__}")
@@ -116,10 +120,12 @@ class StageScheduler:
         if needing and self.probe_references is None:
             raise ProbeError(f"objectives {needing} need references: pass probe_references=")
         check_agent(agent, list(loss_fn.names), names)
+        _check_trials(agent, trials, model, probe_model)
         self.loss_fn = loss_fn
         self.agent = agent
         self.objectives = objectives
         self.model = unwrap(model)
+        self.probe_model = unwrap(probe_model) if probe_model is not None else self.model
         self.stage_length = stage_length
         self.total_stages = total_stages
         self.restore_fn = restore_fn or (lambda m, x: m(x))
@@ -135,6 +141,7 @@ class StageScheduler:
         self._unwritten: list[StageRecord] = []  # records a failed write left behind
         self._shared = 0  # decisions shared with the other ranks (names the store keys)
         self.feedback: list[str] = []
+        self._warnings: list[str] = []  # collected during a decision (trials), moved into its record
         self.initial_weights = loss_fn.weights
         self._t_stage_start = time.perf_counter()
         self._hook = loss_fn.register_forward_pre_hook(self._start_before_first_loss)
@@ -195,7 +202,7 @@ class StageScheduler:
     # -- the stage-end steps ----------------------------------------------------------------
     def restore_probe(self) -> list[torch.Tensor]:
         """Restore every probe image (eval mode, no grad, autocast off, float32; see ``agentloss.probe``)."""
-        return restore(self.model, self.probe, self.restore_fn, clamp=self.clamp)
+        return restore(self.probe_model, self.probe, self.restore_fn, clamp=self.clamp)
 
     def _evaluate(self, record: StageRecord) -> None:
         t0 = time.perf_counter()
@@ -270,6 +277,7 @@ class StageScheduler:
             trial=self._trial if self.trials is not None else None,
         )
         t = time.perf_counter()
+        self._warnings = record.warnings
         try:
             decision = self.agent.propose(context)
             if not isinstance(decision, Decision):
@@ -309,7 +317,15 @@ class StageScheduler:
             self._evaluate(rec)
             return dict(rec.scores)
 
-        return self.trials.run(candidates, self.model, self.loss_fn, score, steps)
+        results = self.trials.run(candidates, self.model, self.loss_fn, score, steps)
+        if len(results) > 1 and all(r == results[0] for r in results[1:]):
+            # Different weightings trained for several steps cannot all score the same unless what
+            # the probe reads is not what the trials train (an EMA not updated by the trial step).
+            self._warnings.append(f"trials: all {len(results)} candidates scored exactly the same ({results[0]}): "
+                                  "the probe may read a model the trial steps do not update (an EMA?); "
+                                  "pass SnapshotTrials(..., state=[ema]) and update it in step_fn")
+            log.warning("stage %d: %s", self.stage, self._warnings[-1])
+        return results
 
     def _finish(self, record: StageRecord, new_weights: dict[str, float]) -> None:
         """Share the decision with every rank, apply it, record it, start timing the next stage."""
@@ -414,3 +430,26 @@ class StageScheduler:
         if self.writer is not None and self.rank == 0:
             self.writer.rewrite(self.history)
         self._t_stage_start = time.perf_counter()
+
+
+def _check_trials(agent: Agent, trials: SnapshotTrials | None, model: nn.Module, probe_model: nn.Module | None) -> None:
+    """Refuse, before training, set-ups where trials would silently do nothing or compare nothing."""
+    try:
+        wanted = int(getattr(agent, "trials", 0) or 0)
+    except (TypeError, ValueError):
+        wanted = 0
+    if wanted > 0 and trials is None:
+        raise ValueError(
+            f"the agent asks for {wanted} snapshot trial(s) per stage end but the scheduler has no SnapshotTrials, "
+            "so they would never run. Add:\n"
+            "    trial_batches = iter(my_trial_loader)  # a stream of (lq, gt) batches of its own\n"
+            "    trials = agentloss.SnapshotTrials(optimizer, trial_batches, steps=20)\n"
+            "    StageScheduler(..., trials=trials)\n"
+            "or set trials: 0 in the agent's config.")
+    if trials is not None and probe_model is not None and unwrap(probe_model) is not unwrap(model):
+        registered = [unwrap(m) for m in getattr(trials, "state", ()) if isinstance(m, nn.Module)]
+        if not any(m is unwrap(probe_model) for m in registered):
+            raise ValueError(
+                "the probe is restored with probe_model (an EMA?) but the SnapshotTrials do not snapshot it, so every "
+                "trial would score the same model: pass SnapshotTrials(optimizer, batches, state=[probe_model], "
+                "step_fn=...) with a step_fn that also updates it")

@@ -55,12 +55,18 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 class SnapshotTrials:
     """See the module docstring. ``batches`` yields ``(lq, gt)`` (its own stream, not the training
     one); ``step_fn(model, loss_fn, optimizer, batch)`` is one training iteration (default: plain
-    forward/backward/step — pass yours for AMP, gradient clipping, EMA ...)."""
+    forward/backward/step — pass yours for AMP, gradient clipping, EMA ...). ``state``: every other
+    object a training step changes (an EMA model, a ``GradScaler``, an LR scheduler, other
+    optimisers): each is snapshotted with ``state_dict()`` and put back after the trials."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, batches: Iterator[Batch], steps: int = 20,
-                 step_fn: StepFn | None = None):
+                 step_fn: StepFn | None = None, state: Sequence[Any] = ()):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        for obj in state:
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(f"state objects need state_dict() and load_state_dict(); {type(obj).__name__} has not")
+        self.state = list(state)
         self.optimizer = optimizer
         self.batches = batches
         self.steps = int(steps)
@@ -75,7 +81,8 @@ class SnapshotTrials:
         batches = [_to(next(self.batches), device) for _ in range(steps)]  # the same batches for every candidate
         snapshot = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                     "loss": copy.deepcopy(loss_fn.state_dict()), "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "extra": [copy.deepcopy(obj.state_dict()) for obj in self.state]}
         was_training = model.training
         results: list[dict[str, float | None]] = []
         try:
@@ -110,6 +117,8 @@ class SnapshotTrials:
         # loading the snapshot directly would let the next trial overwrite it.
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         loss_fn.load_state_dict(copy.deepcopy(snap["loss"]))
+        for obj, st in zip(self.state, snap["extra"]):
+            obj.load_state_dict(copy.deepcopy(st))  # a copy: the object may update loaded tensors in place
         torch.set_rng_state(snap["rng"])
         if snap["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(snap["cuda_rng"])

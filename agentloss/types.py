@@ -145,7 +145,8 @@ class StageRecord:
     ``next_weights`` are those decided for the following stage. ``scores`` holds the mean of each
     objective (``None`` when it failed), ``per_image`` the per-image scores. ``decision`` is what the
     agent proposed and what the constraints made of it (``None`` when no agent was asked), and
-    ``fallback`` the reason the previous weights were kept, if they were.
+    ``fallback`` the reason the previous weights were kept, if they were. ``warnings`` are things
+    that did not stop the decision but make it doubtful (trials whose candidates all scored the same).
     """
 
     stage: int
@@ -157,6 +158,7 @@ class StageRecord:
     decision: DecisionRecord | None = None
     fallback: str | None = None
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
