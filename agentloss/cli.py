@@ -41,13 +41,24 @@ def _cmd_show(args: argparse.Namespace) -> int:
     arrows = {o["name"]: ("↑" if o["higher_is_better"] else "↓") for o in meta.get("objectives", [])}
     objectives = list(dict.fromkeys(k for r in records for k in r.scores))
     names = list(records[0].weights)
-    head = ["stage", "iter", ":".join(names)] + [f"{o}{arrows.get(o, '')}" for o in objectives] + ["note"]
+    # Time the training loop stood still at each stage end, and where it went (trials, waiting for an
+    # asynchronous answer); "applied" is the step an asynchronous answer took effect.
+    has = {k: any(k in r.timings for r in records) for k in ("stall_s", "trial_s", "wait_s")}
+    asynchronous = any(r.applied_iteration is not None for r in records)
+    extra = [h for h, on in (("stall s", has["stall_s"]), ("trials s", has["trial_s"]), ("wait s", has["wait_s"]),
+                             ("applied", asynchronous)) if on]
+    head = ["stage", "iter", ":".join(names)] + [f"{o}{arrows.get(o, '')}" for o in objectives] + extra + ["note"]
     rows = []
     for r in records:
         scores = ["n/a" if r.scores.get(o) is None else f"{r.scores[o]:.4f}" for o in objectives]
+        times = [f"{r.timings[k]:.2f}" if k in r.timings else "" for k in ("stall_s", "trial_s", "wait_s") if has[k]]
+        if asynchronous:
+            times.append("" if r.applied_iteration is None else str(r.applied_iteration))
         d = r.decision
         note = r.fallback or ("; ".join([*([d.action] if d.action else []), *d.clipped]) if d is not None else "")
-        rows.append([str(r.stage), str(r.iteration), ":".join(f"{r.weights[n]:.4g}" for n in names), *scores, note])
+        note = "; ".join([note, *r.warnings]) if r.warnings and note else note or "; ".join(r.warnings)
+        rows.append([str(r.stage), str(r.iteration), ":".join(f"{r.weights[n]:.4g}" for n in names), *scores, *times,
+                     note])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for row in rows:

@@ -33,14 +33,15 @@ import logging
 import os
 import platform
 import time
-import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .agents.base import Agent, agent_state, check_agent, describe_agent, load_agent_state
+from .background import AgentOutcome, BackgroundRequest, ask_agent, is_thread_safe
 from .constraints import WeightError, validate_weights
 from .distributed import rank_and_world, share_from_rank0, unwrap
 from .objectives import Objective
@@ -66,6 +67,16 @@ class StageScheduler:
         probe_model: the module the probe is restored with instead of ``model`` (an EMA of the
             weights, e.g. ``torch.optim.swa_utils.AveragedModel``): what you evaluate is what is scored.
             With trials, ``SnapshotTrials`` must snapshot it (``state=[ema]``) and update it.
+        asynchronous: ask the agent in a background thread while training goes on with the current
+            weights (the probe is still restored and scored at the stage end: it needs the model).
+            The agent must be ``thread_safe``. With trials, decisions stay synchronous (trials train
+            the model). Never two decisions in flight: a stage end waits for the previous answer.
+        apply_at: when an asynchronous answer is applied: ``"asap"`` (at the first ``step()`` after it
+            arrives) or ``"next_stage"`` (exactly at the next stage end, whatever the latency: a run is
+            then reproducible, and resumes exactly from a checkpoint taken while a decision was in flight).
+        decision_timeout: seconds after which an asynchronous request is abandoned (recorded as a
+            fallback; the worker is left to finish unheard). Default: the backend's ``deadline`` plus
+            30 s when it has one, else 600 s.
         probe: a few low-quality inputs (``NxCxHxW`` or a list of ``CxHxW`` of any sizes) in [0, 1].
         probe_references: optional ground truths, one per probe image, for full-reference objectives.
         stage_length: iterations per stage.
@@ -97,6 +108,9 @@ class StageScheduler:
         callbacks: Sequence[Callable[[StageRecord], Any]] = (),
         trials: SnapshotTrials | None = None,
         probe_model: nn.Module | None = None,
+        asynchronous: bool = False,
+        apply_at: str = "asap",
+        decision_timeout: float | None = None,
     ):
         if not isinstance(loss_fn, AgentWeightedLoss):
             raise TypeError(f"loss_fn must be an AgentWeightedLoss, got {type(loss_fn).__name__}")
@@ -121,6 +135,15 @@ class StageScheduler:
             raise ProbeError(f"objectives {needing} need references: pass probe_references=")
         check_agent(agent, list(loss_fn.names), names)
         _check_trials(agent, trials, model, probe_model)
+        if apply_at not in ("asap", "next_stage"):
+            raise ValueError(f"apply_at must be 'asap' or 'next_stage', got {apply_at!r}")
+        if asynchronous and not is_thread_safe(agent):
+            raise ValueError(
+                f"asynchronous=True asks the agent in a background thread, but {type(agent).__name__} is not marked "
+                "thread_safe. If its propose() reads only its context and its own state (no model, no loss, no "
+                "shared objects), set thread_safe = True on the class; otherwise use asynchronous=False")
+        if decision_timeout is not None and not decision_timeout > 0:
+            raise ValueError(f"decision_timeout must be > 0 seconds, got {decision_timeout!r}")
         self.loss_fn = loss_fn
         self.agent = agent
         self.objectives = objectives
@@ -132,6 +155,10 @@ class StageScheduler:
         self.clamp = clamp
         self.callbacks = list(callbacks)
         self.trials = trials
+        self.asynchronous = bool(asynchronous)
+        self.apply_at = apply_at
+        self.decision_timeout = float(decision_timeout) if decision_timeout is not None else _default_timeout(agent)
+        self._pending: _Pending | None = None  # the decision in flight (asynchronous mode), at most one
         self.writer = RecordWriter(run_dir) if run_dir is not None else None
         self.rank, self.world_size = rank_and_world()
         self.iteration = 0
@@ -142,6 +169,7 @@ class StageScheduler:
         self._shared = 0  # decisions shared with the other ranks (names the store keys)
         self.feedback: list[str] = []
         self._warnings: list[str] = []  # collected during a decision (trials), moved into its record
+        self._trial_s = 0.0
         self.initial_weights = loss_fn.weights
         self._t_stage_start = time.perf_counter()
         self._hook = loss_fn.register_forward_pre_hook(self._start_before_first_loss)
@@ -167,29 +195,69 @@ class StageScheduler:
             self._evaluate(record)
             record.next_weights = self.loss_fn.weights
         self._finish(record, self.loss_fn.weights)
+        self._t_stage_start = time.perf_counter()
         return record
 
     def step(self) -> StageRecord | None:
-        """Count one iteration; at a stage end run the decision and return its record."""
+        """Count one optimizer step; at a stage end run the decision and return its record.
+
+        In asynchronous mode it also applies an answer that has arrived (``apply_at="asap"``)."""
         if not self.started:
             self.start()
         self.iteration += 1
+        if self._pending is not None and self.apply_at == "asap" and self._answer_ready():
+            self._settle()
         if self.iteration % self.stage_length == 0 and (self.total_stages is None or self.stage < self.total_stages):
             return self.end_stage()
         return None
 
     def end_stage(self) -> StageRecord:
-        """Close the current stage now: score, decide, apply, record."""
-        train_s = time.perf_counter() - self._t_stage_start
+        """Close the current stage now: score, decide, apply, record.
+
+        Asynchronous: take the previous answer first (waiting for it if needed), score, then ask the
+        agent in the background; the returned record gets its decision when the answer is applied."""
+        t0 = time.perf_counter()
+        train_s = t0 - self._t_stage_start
+        trained = self.loss_fn.weights  # what this stage ended with, before a pending answer replaces it
+        # The previous answer first: an interrupt while waiting for it leaves a consistent state.
+        waited = self._settle(wait=True) if self._pending is not None else None
         self.stage += 1
-        record = StageRecord(stage=self.stage, iteration=self.iteration, weights=self.loss_fn.weights)
+        record = StageRecord(stage=self.stage, iteration=self.iteration, weights=trained)
         record.timings["train_s"] = train_s
+        if waited is not None:
+            record.timings["wait_s"] = waited
         new_weights = self.loss_fn.weights
+        final = self.total_stages is not None and self.stage >= self.total_stages
+        background = self.asynchronous and self.trials is None and not final
         if self.rank == 0:
             self._evaluate(record)
-            new_weights = self._decide(record)
-        self._finish(record, new_weights)
+            if background:
+                self._request(record)
+            else:
+                new_weights = self._decide(record)
+        record.timings["stall_s"] = time.perf_counter() - t0
+        if background:
+            if self._pending is None:  # other ranks: rank 0's answer comes with the shared record
+                self._pending = _Pending(record)
+        else:
+            self._finish(record, new_weights)
+        self._t_stage_start = time.perf_counter()
         return record
+
+    def close(self) -> None:
+        """End of training: apply an answer that has arrived, or record the one still in flight as dropped.
+
+        Only needed in asynchronous mode without ``total_stages`` (the last stage asks nothing);
+        the integrations call it at the end of fit. Safe to call more than once."""
+        if self._pending is not None:
+            self._settle(drop_if_late=True)
+
+    def __enter__(self) -> StageScheduler:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
 
     def add_feedback(self, text: str) -> None:
         """A person's note for the agent; it is shown to the agent as data, with the next decision."""
@@ -248,26 +316,34 @@ class StageScheduler:
         record.timings["score_s"] = time.perf_counter() - t1
 
     def _decide(self, record: StageRecord) -> dict[str, float]:
-        """Ask the agent; return the weights for the next stage (the current ones on any failure).
-
-        This is the one place where a proposal is validated and constrained: agents propose raw
-        weights, and what the constraints made of them goes into ``record.decision``.
-        """
+        """Ask the agent now; return the weights for the next stage (the current ones on any failure)."""
         current = self.loss_fn.weights
-        if record.fallback:  # already decided to keep (a diverged model)
+        context = self._context(record)
+        if context is None:
             return current
+        self._warnings, self._trial_s = record.warnings, 0.0
+        outcome = ask_agent(self.agent, context)
+        if self.trials is not None:
+            record.timings["trial_s"] = self._trial_s
+        return self._weights_from(record, outcome, context, current)
+
+    def _context(self, record: StageRecord) -> DecisionContext | None:
+        """What the agent is asked with, or ``None`` when no agent is asked (the reason is recorded)."""
+        if record.fallback:  # already decided to keep (a diverged model)
+            return None
         failed = [name for name, v in record.scores.items() if v is None]
         if failed:
             record.fallback = f"objective(s) {failed} could not be scored; previous weights kept"
-            return current
+            return None
         if self.total_stages is not None and record.stage >= self.total_stages:
             record.decision = DecisionRecord(skipped="final stage: no later stage would use new weights")
-            return current
-        context = DecisionContext(
+            return None
+        return DecisionContext(
             loss_names=list(self.loss_fn.names),
-            current_weights=dict(current),
+            current_weights=dict(self.loss_fn.weights),
             initial_weights=dict(self.initial_weights),
-            history=[*self.history, record],
+            # A copy of the record being decided: a background worker reads it while this thread may not.
+            history=[*self.history, copy.deepcopy(record)],
             objectives=[o.info() for o in self.objectives],
             constraints=copy.deepcopy(self.loss_fn.constraints),  # an agent's edits cannot loosen the limits
             stage=record.stage,
@@ -276,19 +352,18 @@ class StageScheduler:
             feedback=list(self.feedback),
             trial=self._trial if self.trials is not None else None,
         )
-        t = time.perf_counter()
-        self._warnings = record.warnings
-        try:
-            decision = self.agent.propose(context)
-            if not isinstance(decision, Decision):
-                raise TypeError(f"propose() must return a Decision, got {type(decision).__name__}")
-            record.decision = DecisionRecord.from_decision(decision, self.feedback)
-        except Exception as e:  # noqa: BLE001 - an agent can never stop training
-            record.timings["agent_s"] = time.perf_counter() - t
-            record.fallback = f"agent raised {type(e).__name__}: {e}"
-            record.decision = DecisionRecord(traceback=traceback.format_exc(limit=5), feedback=list(self.feedback))
+
+    def _weights_from(self, record: StageRecord, outcome: AgentOutcome, context: DecisionContext,
+                      current: dict[str, float]) -> dict[str, float]:
+        """The one place where a proposal is validated and constrained: agents propose raw weights, and
+        what the constraints made of them goes into ``record.decision``."""
+        record.timings["agent_s"] = outcome.seconds
+        if outcome.decision is None:
+            record.fallback = outcome.error or "the agent gave no answer"
+            record.decision = DecisionRecord(traceback=outcome.traceback, feedback=list(context.feedback))
             return current
-        record.timings["agent_s"] = time.perf_counter() - t
+        decision = outcome.decision
+        record.decision = DecisionRecord.from_decision(decision, context.feedback)
         if decision.fallback:
             record.fallback = decision.fallback
             return current
@@ -306,6 +381,65 @@ class StageScheduler:
             record.fallback = result.reason
         return result.weights
 
+    # -- asynchronous decisions ------------------------------------------------------------------
+    def _request(self, record: StageRecord) -> None:
+        """Rank 0: ask the agent in the background (or note why no agent is asked)."""
+        agent_before = agent_state(self.agent)  # what a checkpoint taken while it runs must hold
+        context = self._context(record)
+        request = BackgroundRequest(self.agent, context) if context is not None else None
+        self._pending = _Pending(record, request, context, agent_before)
+
+    def _answer_ready(self) -> bool:
+        """Whether the pending answer can be applied now; with several ranks, rank 0 says (all ranks ask
+        at the same steps, so the weights change at the same optimizer step everywhere)."""
+        pending = self._pending
+        assert pending is not None
+        ready = pending.request is None or pending.request.ready()
+        if self.world_size == 1:
+            return ready
+        if self.iteration % max(1, self.stage_length // 10):
+            return False  # ranks agree only every tenth of a stage: a store exchange per step would cost
+        data = share_from_rank0({"ready": ready if self.rank == 0 else False}, self.rank, self._shared)
+        self._shared += 1
+        return bool(data["ready"])
+
+    def _settle(self, wait: bool = False, drop_if_late: bool = False) -> float:
+        """Apply the pending decision (rank 0 computes it; ``_finish`` shares it); returns the seconds waited."""
+        pending = self._pending
+        assert pending is not None
+        record, current, waited = pending.record, self.loss_fn.weights, 0.0
+        new_weights = current
+        if self.rank == 0:
+            request = pending.request
+            if request is not None and not request.ready() and wait:
+                t = time.perf_counter()
+                request.wait(self.decision_timeout - request.elapsed())
+                waited = time.perf_counter() - t
+            if pending.context is None:
+                pass  # no agent was asked (a fallback or a skip, already in the record)
+            elif request is not None and request.ready():
+                assert request.outcome is not None
+                new_weights = self._weights_from(record, request.outcome, pending.context, current)
+            else:
+                assert request is not None
+                why = ("training ended before the agent answered" if drop_if_late
+                       else f"the agent did not answer within decision_timeout={self.decision_timeout:g} s")
+                record.fallback = f"{why}; request abandoned, previous weights kept"
+                record.decision = DecisionRecord(feedback=list(pending.context.feedback))
+                record.timings["agent_s"] = request.elapsed()
+                log.warning("stage %d: %s", record.stage, record.fallback)
+            record.timings["waited_s"] = waited
+        record.applied_iteration = self.iteration
+        self._pending = None
+        self._finish(record, new_weights)
+        return waited
+
+    def _pending_state(self) -> dict[str, Any] | None:
+        p = self._pending
+        if p is None:
+            return None
+        return {"record": p.record.to_dict(), "agent": p.agent_before}
+
     def _trial(self, candidates: list[dict[str, float]], steps: int | None = None) -> list[dict[str, float | None]]:
         """Probe scores of each weighting after a few steps from the current state (see ``trials``)."""
         assert self.trials is not None
@@ -317,7 +451,11 @@ class StageScheduler:
             self._evaluate(rec)
             return dict(rec.scores)
 
-        results = self.trials.run(candidates, self.model, self.loss_fn, score, steps)
+        t = time.perf_counter()
+        try:
+            results = self.trials.run(candidates, self.model, self.loss_fn, score, steps)
+        finally:
+            self._trial_s += time.perf_counter() - t
         if len(results) > 1 and all(r == results[0] for r in results[1:]):
             # Different weightings trained for several steps cannot all score the same unless what
             # the probe reads is not what the trials train (an EMA not updated by the trial step).
@@ -348,7 +486,6 @@ class StageScheduler:
                 cb(record)
             except Exception as e:  # noqa: BLE001 - a plotting callback must not stop training
                 log.warning("stage callback %r failed: %s", cb, e)
-        self._t_stage_start = time.perf_counter()
 
     def _write(self, record: StageRecord) -> None:
         """Append the record, and any a failed write left behind; a write error never stops training."""
@@ -405,7 +542,10 @@ class StageScheduler:
             "history": [r.to_dict() for r in self.history],  # the current weights are the last next_weights
             "initial_weights": dict(self.initial_weights),
             "feedback": list(self.feedback),
-            "agent": agent_state(self.agent),
+            # While a decision is in flight the agent may be changing its state: save it as it was when
+            # asked, with the stage's record, so that a resume re-issues the same request.
+            "agent": self._pending.agent_before if self._pending is not None else agent_state(self.agent),
+            "pending": self._pending_state(),
             "trials": self.trials.state_dict() if self.trials is not None else None,
         }
 
@@ -427,9 +567,33 @@ class StageScheduler:
         load_agent_state(self.agent, state.get("agent", {}))
         if self.trials is not None and state.get("trials"):
             self.trials.load_state_dict(state["trials"])
+        self._pending = None  # a request of the run being replaced is dropped unheard
+        if state.get("pending"):
+            record = StageRecord.from_dict(state["pending"]["record"])
+            if self.rank == 0:
+                self._request(record)  # the same history and agent state: the same request again
+            else:
+                self._pending = _Pending(record)
         if self.writer is not None and self.rank == 0:
             self.writer.rewrite(self.history)
         self._t_stage_start = time.perf_counter()
+
+
+@dataclass
+class _Pending:
+    """The asynchronous decision in flight: its stage's record (scored), the request (rank 0; ``None``
+    when no agent was asked), what it was asked with, and the agent's state before it was asked."""
+
+    record: StageRecord
+    request: BackgroundRequest | None = None
+    context: DecisionContext | None = None
+    agent_before: dict[str, Any] | None = None
+
+
+def _default_timeout(agent: Agent) -> float:
+    """The backend's own deadline plus a margin (it reports a timeout first), else 10 minutes."""
+    deadline = getattr(getattr(getattr(agent, "backend", None), "config", None), "deadline", None)
+    return float(deadline) + 30.0 if isinstance(deadline, (int, float)) else 600.0
 
 
 def _check_trials(agent: Agent, trials: SnapshotTrials | None, model: nn.Module, probe_model: nn.Module | None) -> None:

@@ -160,6 +160,9 @@ class StageRecord:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Asynchronous decisions: the optimizer step at which next_weights took effect (``iteration`` is
+    # when they were asked for). ``None``: at ``iteration``, as in synchronous mode.
+    applied_iteration: int | None = None
 
     def __post_init__(self) -> None:
         # Plain dicts only: a record must never alias (or be) a live, mutable view of the loss's weights.

@@ -31,6 +31,9 @@ class BaseAgent:
     """Convenience base: a name, empty state and a description for the run's metadata."""
 
     name: str = "agent"
+    # True when propose() may run in a background thread while training goes on
+    # (StageScheduler(asynchronous=True)): it reads only its context and its own state.
+    thread_safe: bool = False
 
     def propose(self, context: DecisionContext) -> Decision:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -26,6 +26,7 @@ class FixedAgent(BaseAgent):
     """
 
     name = "fixed"
+    thread_safe = True
 
     def __init__(self, weights: dict[str, float] | None = None):
         self.weights = None if weights is None else {str(k): float(v) for k, v in weights.items()}
@@ -64,6 +65,7 @@ class RandomAgent(BaseAgent):
     """
 
     name = "random"
+    thread_safe = True
 
     def __init__(self, seed: int | None = 0, max_factor: float = 3.0):
         if not (max_factor >= 1.0 and math.isfinite(max_factor)):

@@ -64,6 +64,7 @@ class GuidedAgent(BaseAgent):
     """
 
     name = "guided"
+    thread_safe = True  # without trials; with trials the scheduler asks it synchronously
 
     def __init__(self, backend: Any = None, needs: str | None = None,
                  templates: GuidedTemplates | Mapping[str, Any] | None = None, **options: Any):

@@ -61,6 +61,7 @@ class LLMAgent(BaseAgent):
     """
 
     name = "llm"
+    thread_safe = True  # one request at a time; the backend is used only from the thread that asks
 
     def __init__(
         self,

@@ -183,6 +183,10 @@ class TrainConfig(_Strict):
     pretrain_iters: int = Field(0, ge=0)
     pretrain_lr: float = Field(2e-4, gt=0)
     log_every: int = Field(10, ge=1)
+    # Ask the agent in the background while training goes on (see StageScheduler); apply_at "asap"
+    # or "next_stage" (exact, reproducible whatever the model's latency).
+    asynchronous: bool = False
+    apply_at: Literal["asap", "next_stage"] = "next_stage"
 
     @model_validator(mode="after")
     def _stages(self) -> TrainConfig:

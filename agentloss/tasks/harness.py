@@ -96,6 +96,8 @@ class Setup:
     differences: Callable[[str, str], list[str]] = lambda saved, now: [] if saved == now else ["config"]
     labels: Mapping[str, str] = field(default_factory=dict)
     log_every: int = 10
+    asynchronous: bool = False  # the scheduler's asynchronous / apply_at
+    apply_at: str = "next_stage"
 
 
 @dataclass
@@ -224,7 +226,8 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
     refs = [p.to(device) for p in setup.probe_references or []] if needs_ref else None
     sched = StageScheduler(loss_fn, agent, objectives, model, [p.to(device) for p in setup.probe_lq],
                            probe_references=refs, stage_length=setup.stage_length, total_stages=setup.stages,
-                           run_dir=run_dir, restore_fn=setup.restore, trials=trials)
+                           run_dir=run_dir, restore_fn=setup.restore, trials=trials,
+                           asynchronous=setup.asynchronous, apply_at=setup.apply_at)
     stream = setup.stream(seed)
     # SR recipes score an EMA of the weights: the last iterate's NIQE moves +-0.035 from one
     # iteration to the next, more than most differences between methods; the EMA's +-0.008.
@@ -273,8 +276,9 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if record is not None:
             fb = f"  (fallback: {record.fallback})" if record.fallback else ""
+            nxt = _weights(record.next_weights) if record.next_weights is not None else "(agent asked in the background)"
             write(f"{tag} stage {record.stage}/{setup.stages}: probe {_fmt(record.scores)} weights "
-                  f"{_weights(record.weights)} -> {_weights(record.next_weights)}  ({record.timings.get('train_s', 0):.1f}"
+                  f"{_weights(record.weights)} -> {nxt}  ({record.timings.get('train_s', 0):.1f}"
                   f" s train, {record.timings.get('agent_s', 0):.1f} s agent){fb}")
             if ckpt is not None:
                 checkpoint.save(ckpt, {
@@ -283,6 +287,7 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
                     "ema": ema.state_dict() if ema is not None else None, "config": setup.identity,
                     "rng": checkpoint.rng_state()})
     bar.close()
+    sched.close()
     _close(agent)
     if ckpt is not None:
         torch.save(model.state_dict(), ckpt.parent / "final.pt")
