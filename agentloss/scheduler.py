@@ -44,6 +44,7 @@ from .agents.base import Agent, agent_state, check_agent, describe_agent, load_a
 from .background import AgentOutcome, BackgroundRequest, ask_agent, is_thread_safe
 from .constraints import WeightError, validate_weights
 from .distributed import rank_and_world, share_from_rank0, unwrap
+from .feedback import TextFeedback, clean_text, is_text_objective
 from .objectives import Objective
 from .probe import DivergedError, ImageInput, ProbeError, as_image_list, restore
 from .records import RecordWriter
@@ -61,7 +62,8 @@ class StageScheduler:
         loss_fn: the ``AgentWeightedLoss`` whose weights the agent sets; its ``constraints``
             (bounds and per-stage move limit) are applied to every answer.
         agent: proposes weights (``FixedAgent``, ``RandomAgent``, ``LLMAgent`` or your own).
-        objectives: what is scored on the probe set; each keeps its direction.
+        objectives: what is scored on the probe set; each keeps its direction. Text feedback sources
+            (:class:`~agentloss.feedback.TextFeedback`) go here too: they describe the probe in words.
         model: the network; the probe is restored with ``restore_fn(model, lq)`` (default
             ``model(lq)``) in eval mode under ``no_grad``, then train mode is restored.
         probe_model: the module the probe is restored with instead of ``model`` (an EMA of the
@@ -95,7 +97,7 @@ class StageScheduler:
         self,
         loss_fn: AgentWeightedLoss,
         agent: Agent,
-        objectives: Sequence[Objective],
+        objectives: Sequence[Objective | TextFeedback],
         model: nn.Module,
         probe: ImageInput,
         *,
@@ -122,7 +124,7 @@ class StageScheduler:
             raise ValueError(f"total_stages must be a positive integer or None, got {total_stages!r}")
         objectives = list(objectives)
         if not objectives:
-            raise ValueError("at least one objective is needed: the agent decides from their scores")
+            raise ValueError("at least one objective is needed: the agent decides from their scores (or text)")
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, got {names}")
@@ -133,7 +135,7 @@ class StageScheduler:
         needing = [o.name for o in objectives if o.needs_reference]
         if needing and self.probe_references is None:
             raise ProbeError(f"objectives {needing} need references: pass probe_references=")
-        check_agent(agent, list(loss_fn.names), names)
+        check_agent(agent, list(loss_fn.names), [o.name for o in objectives if not is_text_objective(o)])
         _check_trials(agent, trials, model, probe_model)
         if apply_at not in ("asap", "next_stage"):
             raise ValueError(f"apply_at must be 'asap' or 'next_stage', got {apply_at!r}")
@@ -146,7 +148,10 @@ class StageScheduler:
             raise ValueError(f"decision_timeout must be > 0 seconds, got {decision_timeout!r}")
         self.loss_fn = loss_fn
         self.agent = agent
-        self.objectives = objectives
+        # Text feedback (kind "text") is described, not scored: kept apart so that every consumer of
+        # ``objectives`` (agents, plots, the scores' checks) sees numbers only.
+        self.objectives = [o for o in objectives if not is_text_objective(o)]
+        self.text_objectives = [o for o in objectives if is_text_objective(o)]
         self.model = unwrap(model)
         self.probe_model = unwrap(probe_model) if probe_model is not None else self.model
         self.stage_length = stage_length
@@ -181,7 +186,7 @@ class StageScheduler:
             return self.history[0]
         self._remove_hook()
         if self.rank == 0:  # an objective that cannot be built (NIQE offline) fails now, not at every stage end
-            for obj in self.objectives:
+            for obj in [*self.objectives, *self.text_objectives]:
                 if callable(getattr(obj, "prepare", None)):
                     obj.prepare()
         self.started = True
@@ -282,6 +287,7 @@ class StageScheduler:
             if record.stage == 0:
                 raise  # before training: a clear error beats a run that can never be scored
             record.scores = {o.name: None for o in self.objectives}
+            record.texts = {o.name: None for o in self.text_objectives}
             record.timings["restore_s"] = time.perf_counter() - t0
             if isinstance(e, DivergedError):
                 record.errors.append(str(e))
@@ -313,6 +319,14 @@ class StageScheduler:
                 record.scores[obj.name] = None
                 record.errors.append(f"{obj.name} failed: {type(e).__name__}: {e}")
             record.timings[f"score_{obj.name}_s"] = time.perf_counter() - t
+        for src in self.text_objectives:
+            t = time.perf_counter()
+            try:
+                record.texts[src.name] = clean_text(src.describe(restored, refs if src.needs_reference else None))
+            except Exception as e:  # noqa: BLE001 - missing feedback is recorded; the decision goes on without it
+                record.texts[src.name] = None
+                record.errors.append(f"{src.name} failed: {type(e).__name__}: {e}")
+            record.timings[f"score_{src.name}_s"] = time.perf_counter() - t
         record.timings["score_s"] = time.perf_counter() - t1
 
     def _decide(self, record: StageRecord) -> dict[str, float]:
@@ -350,6 +364,7 @@ class StageScheduler:
             total_stages=self.total_stages,
             stage_length=self.stage_length,
             feedback=list(self.feedback),
+            text_sources=[o.info() for o in self.text_objectives],
             trial=self._trial if self.trials is not None else None,
         )
 
@@ -521,6 +536,7 @@ class StageScheduler:
             "loss_names": list(self.loss_fn.names),
             "initial_weights": dict(self.initial_weights),
             "objectives": [vars(o.info()) for o in self.objectives],
+            "text_sources": [vars(o.info()) for o in self.text_objectives],
             "constraints": self.loss_fn.constraints.to_dict(),
             "stage_length": self.stage_length,
             "total_stages": self.total_stages,

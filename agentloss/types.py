@@ -54,6 +54,7 @@ class ObjectiveInfo:
     description: str = ""
     value_range: tuple[float | None, float | None] | None = None
     needs_reference: bool = False
+    kind: str = "score"  # "score": a number per stage; "text": a sentence of feedback (no direction)
 
 
 @dataclass
@@ -154,6 +155,7 @@ class StageRecord:
     weights: dict[str, float]
     scores: dict[str, float | None] = field(default_factory=dict)
     per_image: dict[str, list[float | None]] = field(default_factory=dict)
+    texts: dict[str, str | None] = field(default_factory=dict)  # text feedback per source (None: it failed)
     next_weights: dict[str, float] | None = None
     decision: DecisionRecord | None = None
     fallback: str | None = None
@@ -195,6 +197,8 @@ class DecisionContext:
     total_stages: int | None = None
     stage_length: int | None = None
     feedback: list[str] = field(default_factory=list)  # people's notes, newest last
+    # Sources of text feedback (kind "text"); what they said at each stage is in history[i].texts.
+    text_sources: list[ObjectiveInfo] = field(default_factory=list)
     # Set when the scheduler has SnapshotTrials: trial(list of weightings, steps) -> probe scores of
     # each after ``steps`` iterations from the current state (training is restored afterwards).
     trial: Callable[[list[dict[str, float]], int | None], list[dict[str, float | None]]] | None = None

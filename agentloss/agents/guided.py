@@ -156,6 +156,9 @@ class GuidedAgent(BaseAgent):
 
     def check(self, loss_names: list[str], objective_names: list[str]) -> None:
         p = self.proposer
+        if not objective_names:
+            raise ValueError("the guided agent ranks moves by measured scores, and this run has only text feedback: "
+                             "add a numeric objective, or use the paper's agent (type: llm), which reads text")
         missing = [f"objective {n!r}" for n in [p.primary, *(p.guards or {})] if n and n not in objective_names]
         missing += [f"loss {n!r}" for n in [*(p.tune or []), *(p.roles or {})] if n not in loss_names]
         if missing:
