@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 transformers = pytest.importorskip("transformers")
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-import agentloss as al  # noqa: E402
-from agentloss.integrations.hf_trainer import (  # noqa: E402
+import agentloss as al
+from agentloss.integrations.hf_trainer import (
     AgentLossTrainer,
     AgentLossTrainerCallback,
 )
@@ -86,9 +86,9 @@ def make_callback(agent_seed: int = 0, **kw) -> AgentLossTrainerCallback:
 
 
 def make_args(out: Path, max_steps: int = STAGE * STAGES, **kw) -> TrainingArguments:
-    base = dict(max_steps=max_steps, per_device_train_batch_size=2, learning_rate=1e-2, use_cpu=True, report_to="none",
-                save_strategy="steps", save_steps=STAGE, logging_steps=1, dataloader_num_workers=0, seed=0,
-                remove_unused_columns=False, disable_tqdm=True)
+    base = {"max_steps": max_steps, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "use_cpu": True,
+            "report_to": "none", "save_strategy": "steps", "save_steps": STAGE, "logging_steps": 1,
+            "dataloader_num_workers": 0, "seed": 0, "remove_unused_columns": False, "disable_tqdm": True}
     return TrainingArguments(str(out), **{**base, **kw})
 
 
@@ -126,6 +126,7 @@ def test_three_stages_record_at_stage_ends_log_to_history_and_tensorboard(tmp_pa
     assert all(hist[i].weights == hist[i - 1].next_weights for i in range(1, 4))
     assert hist[3].decision.skipped and loss_fn.weights == hist[3].next_weights == hist[2].next_weights
     assert hist[3].scores["psnr"] != hist[0].scores["psnr"]  # the model trained between the scorings
+    assert torch.isfinite(torch.tensor(trainer.evaluate(NoisyCrops(4))["eval_loss"]))  # evaluate() works too
     # the Trainer's logs hold every stage end at its global step, with the weights in force from there on
     assert agentloss_logs(trainer, "agentloss/weight/l1") == [(r.iteration, r.next_weights["l1"]) for r in hist]
     assert [s for s, _ in agentloss_logs(trainer, "agentloss/score/contrast")] == [0, 3, 6, 9]
@@ -268,7 +269,7 @@ def test_bad_set_ups_fail_before_any_training_step(tmp_path):
             return nn.functional.l1_loss(model(inputs["lq"]), inputs["gt"])
 
     t = Own(model=TinyNet(), args=make_args(tmp_path), train_dataset=NoisyCrops(), callbacks=[make_callback()])
-    with pytest.raises(ValueError, match="no AgentWeightedLoss found"):
+    with pytest.raises(TypeError, match="no AgentWeightedLoss found"):
         t.train()
     assert t.state.global_step == 0 and not calls
 
@@ -300,6 +301,7 @@ def test_bad_set_ups_fail_before_any_training_step(tmp_path):
     with pytest.raises(ValueError, match="checkpoint holds no state of the AgentLossTrainerCallback"):
         t.train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-3"))
     assert len(calls) == n
+    assert not t.loss_fn._forward_pre_hooks  # the scheduler built for it left no S0 hook on the loss
 
 
 def test_callback_copies_and_refuses_a_json_only_rebuild():

@@ -105,7 +105,7 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
     scheduler: StageScheduler | None
     trainer: Trainer | None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> AgentLossTrainerCallback:
+    def __new__(cls, *args: Any, **kwargs: Any) -> AgentLossTrainerCallback:  # noqa: PYI034 (a subclass of cls)
         # With TrainingArguments(restore_callback_states_from_checkpoint=True) the Trainer replaces each
         # stateful callback by ``type(cb)(**saved_args)``: JSON arguments cannot carry an agent, a model or
         # a probe. So each instance gets a class of its own (same name, a subclass) whose constructor
@@ -227,7 +227,7 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
                              "objects: the agent would set weights the Trainer never uses; pass the same one")
         found = own if own is not None else on_trainer
         if not isinstance(found, AgentWeightedLoss):
-            raise ValueError("no AgentWeightedLoss found for AgentLossTrainerCallback: train with AgentLossTrainer("
+            raise TypeError("no AgentWeightedLoss found for AgentLossTrainerCallback: train with AgentLossTrainer("
                              "..., loss_fn=AgentWeightedLoss(...)), or pass loss_fn= (the loss your compute_loss "
                              "uses) or a ready scheduler= to the callback")
         return found
@@ -252,10 +252,25 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         if model is None:
             raise ValueError("the Trainer passed no model to AgentLossTrainerCallback.on_train_begin")
         model = unwrap(model)
+        stage_length = self._config["stage_length"] if self._config is not None else self.scheduler.stage_length
+        if state.max_steps < stage_length:
+            raise ValueError(f"max_steps={state.max_steps} is shorter than one stage (stage_length={stage_length} "
+                             "optimizer steps): no stage would ever end; raise max_steps (or num_train_epochs) or "
+                             "lower stage_length")
         if self._config is not None:
-            self.scheduler = self._build(args, state, model)  # a new one per train(): resume loads into it
+            self.scheduler = None
+            self.scheduler = self._build(args, state, model)  # a new one per train(): a resume loads into it
         sched = self.scheduler
         assert sched is not None
+        try:
+            self._begin(args, state, sched, model)
+        except BaseException:
+            if self._config is not None:  # a scheduler we built must not stay hooked on the user's loss
+                sched._remove_hook()
+                self.scheduler = None
+            raise
+
+    def _begin(self, args: TrainingArguments, state: TrainerState, sched: StageScheduler, model: nn.Module) -> None:
         if sched.model is not model:
             raise ValueError("the scheduler restores the probe with another model than the one the Trainer trains "
                              "(with model_init the Trainer builds a new model per train()): pass agent=, "
@@ -264,24 +279,20 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         if isinstance(on_trainer, AgentWeightedLoss) and on_trainer is not sched.loss_fn:
             raise ValueError("the scheduler's loss_fn is not the trainer's loss_fn: the agent would set weights "
                              "the Trainer never uses; build the scheduler with the trainer's loss_fn")
-        if state.max_steps < sched.stage_length:
-            raise ValueError(f"max_steps={state.max_steps} is shorter than one stage (stage_length="
-                             f"{sched.stage_length} optimizer steps): no stage would ever end; raise max_steps "
-                             "(or num_train_epochs) or lower stage_length")
-        if state.global_step > 0:
-            self._resume(args, state, sched)
-        else:
-            if sched.iteration != 0:
-                raise ValueError(f"this scheduler has already run {sched.iteration} iterations; a new training run "
-                                 "needs a new scheduler (or resume_from_checkpoint=... to continue one)")
-            s0 = sched.start()  # S0 scored before the first update (returns the record if already scored)
-            if self.log_stages:
-                self._log(s0, args, state)
         try:  # the Trainer writes this state as JSON at every checkpoint: fail now rather than at the first save
             json.dumps(self.state())
         except (TypeError, ValueError) as e:
             raise TypeError(f"the scheduler's state cannot be written to trainer_state.json ({e}): the agent's "
                             "state_dict() must return JSON data (numbers, strings, lists, dicts)") from e
+        if state.global_step > 0:
+            self._resume(args, state, sched)
+            return
+        if sched.iteration != 0:
+            raise ValueError(f"this scheduler has already run {sched.iteration} iterations; a new training run "
+                             "needs a new scheduler (or resume_from_checkpoint=... to continue one)")
+        s0 = sched.start()  # S0 scored before the first update (returns the record if already scored)
+        if self.log_stages:
+            self._log(s0, args, state)
 
     def _resume(self, args: TrainingArguments, state: TrainerState, sched: StageScheduler) -> None:
         saved = self._saved_state(state)
