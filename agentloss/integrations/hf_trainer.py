@@ -170,8 +170,9 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
                 raise ValueError("at least one objective is needed: the agent decides from their scores")
             # The checks the scheduler would make, made now: a bad probe fails here, not after the Trainer's set-up.
             n = len(as_image_list(probe, "probe"))  # type: ignore[arg-type]
-            if probe_references is not None and len(as_image_list(probe_references, "probe_references")) != n:
-                raise ProbeError(f"{n} probe images but a different number of probe_references")
+            m = None if probe_references is None else len(as_image_list(probe_references, "probe_references"))
+            if m is not None and m != n:
+                raise ProbeError(f"{n} probe images but {m} probe_references (one ground truth per probe image)")
             needing = [o.name for o in objectives if o.needs_reference]
             if needing and probe_references is None:
                 raise ProbeError(f"objectives {needing} need references: pass probe_references= (the ground "
