@@ -253,7 +253,10 @@ class StageScheduler:
         """End of training: apply an answer that has arrived, or record the one still in flight as dropped.
 
         Only needed in asynchronous mode without ``total_stages`` (the last stage asks nothing);
-        the integrations call it at the end of fit. Safe to call more than once."""
+        the integrations call it at the end of fit. It also removes the hook that scores S0 on the
+        loss's first forward (a scheduler set up for a run that never started leaves no trace on the
+        loss). Safe to call more than once."""
+        self._remove_hook()
         if self._pending is not None:
             self._settle(drop_if_late=True)
 

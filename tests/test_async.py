@@ -91,8 +91,8 @@ def test_asap_training_goes_on_while_the_agent_thinks():
     assert [r.stage for r in records] == [0, 1, 2, 3]
     for r in records[1:3]:
         # asked at the stage end, applied a few steps later (0.15 s / 0.03 s per step), inside the stage
-        assert r.iteration < r.applied_iteration < r.iteration + 10
-        assert r.timings["stall_s"] < 0.1 < r.timings["agent_s"]
+        assert r.iteration < r.applied_iteration <= r.iteration + 10
+        assert r.timings["stall_s"] < r.timings["agent_s"]  # the loop stood still to score, not to decide
         assert weights[r.applied_iteration - 1] == r.next_weights  # in force from that step on
         assert weights[r.applied_iteration - 2] == r.weights if r.applied_iteration - 2 >= r.iteration else True
     assert records[2].weights == records[1].next_weights
@@ -122,11 +122,11 @@ def test_next_stage_is_reproducible_whatever_the_latency():
 
 def test_a_stage_end_waits_for_the_previous_answer_and_records_the_wait():
     model, loss_fn, opt, mean = _parts()
-    agent = SlowRandom(delay=0.4)
+    agent = SlowRandom(delay=2.0)  # far longer than 3 tiny steps, even on a loaded machine
     sched = _sched(model, loss_fn, mean, agent, stage_length=3, total_stages=3)
     _train(sched, model, loss_fn, opt, 9)
     assert agent.max_active == 1
-    assert sched.history[2].timings["wait_s"] > 0.2  # stage end 2 waited for stage end 1's answer
+    assert sched.history[2].timings["wait_s"] > 0.5  # stage end 2 waited for stage end 1's answer
     assert sched.history[1].applied_iteration == 6
     assert sched.history[1].next_weights != sched.history[1].weights
 
@@ -300,12 +300,13 @@ def test_show_prints_the_stall_the_wait_and_the_applied_step(tmp_path, capsys):
     from agentloss.cli import main
 
     model, loss_fn, opt, mean = _parts()
-    sched = _sched(model, loss_fn, mean, SlowRandom(delay=0.2), stage_length=3, total_stages=3, run_dir=tmp_path)
+    sched = _sched(model, loss_fn, mean, SlowRandom(delay=0.2), stage_length=3, total_stages=3, run_dir=tmp_path,
+                   apply_at="next_stage")
     _train(sched, model, loss_fn, opt, 9)
     assert main(["show", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert all(h in lines[0] for h in ("stall s", "wait s", "applied"))
-    assert lines[2].split()[-1] == "6"  # stage 1's answer applied at stage end 2 (it took longer than a stage)
+    assert lines[2].split()[-1] == "6"  # stage 1's answer applied at stage end 2
 
 
 def test_a_task_config_runs_asynchronously_and_resumes_exactly(tmp_path, crash_and_resume):

@@ -267,7 +267,7 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
             self._begin(args, state, sched, model)
         except BaseException:
             if self._config is not None:  # a scheduler we built must not stay hooked on the user's loss
-                sched._remove_hook()
+                sched.close()
                 self.scheduler = None
             raise
 
@@ -342,6 +342,11 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
                                "callback")
         if record is not None and self.log_stages:
             self._log(record, args, state)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()  # an asynchronous answer still in flight is recorded as dropped
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
