@@ -51,6 +51,15 @@ def _load_example():
 example = _load_example()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These tensors are tiny: a second thread only waits for the first (on a busy machine, 30x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # -- tiny networks, BasicSR-style registry ------------------------------------------------------------
 class TinyG(nn.Module):
     def __init__(self):
