@@ -272,6 +272,7 @@ def make_opt(root: Path, *, gan: bool = True, stage_length: int = 2, agent: dict
         "optim_g": {"type": "Adam", "lr": 2e-3, "weight_decay": 0, "betas": [0.9, 0.99]},
         "scheduler": {"type": "MultiStepLR", "milestones": [6], "gamma": 0.5},
         "total_iter": 8,
+        "ema_decay": 0.5,  # the probe is restored with net_g_ema, which BasicSR saves as params_ema
         "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"},
         "perceptual_opt": {"type": "PerceptualLoss", "layer_weights": {"conv1_2": 0.5, "relu2_1": 1.0},
                            "vgg_type": "vgg19", "use_input_norm": True, "perceptual_weight": 0.2,
@@ -298,7 +299,7 @@ def records(recs) -> list[dict]:
 
 
 def params(model) -> list[torch.Tensor]:
-    nets = [model.net_g] + ([model.net_d] if getattr(model, "net_d", None) is not None else [])
+    nets = [getattr(model, name) for name in ("net_g", "net_g_ema", "net_d") if getattr(model, name, None) is not None]
     return [t.detach().clone() for net in nets for t in net.state_dict().values()]
 
 
@@ -318,6 +319,7 @@ def test_a_resumed_basicsr_run_equals_the_uninterrupted_one_exactly(tmp_path):
     assert records(resumed.stage_scheduler.history) == records(whole.stage_scheduler.history)
     assert [r.stage for r in whole.stage_scheduler.history] == [0, 1, 2, 3, 4]
     assert records(read_records(tmp_path / "cut/agentloss")) == records(read_records(tmp_path / "whole/agentloss"))
+    assert resumed.stage_scheduler.probe_model is resumed.net_g_ema
     assert all(torch.equal(a, b) for a, b in zip(params(resumed), params(whole), strict=True))
     assert resumed.optimizer_d.state_dict()["state"][0]["step"] == whole.optimizer_d.state_dict()["state"][0]["step"]
 
@@ -425,6 +427,7 @@ class RefSRGANModel(StandInSRModel):
 def test_the_mapped_losses_train_as_basicsr_srgan_model_does(tmp_path):
     opt = make_opt(tmp_path, agent={"type": "fixed"}, stage_length=100)
     opt["train"]["total_iter"] = 4
+    del opt["train"]["ema_decay"]  # the reference keeps no EMA (it does not change training)
     agent_model = run_basicsr(opt, AgentModel)
     ref_opt = copy.deepcopy(opt)
     ref_opt["path"] = {k: v.replace(str(tmp_path), str(tmp_path / "ref")) for k, v in opt["path"].items()}
