@@ -4,6 +4,7 @@ the config's ``feedback:`` list and ``agentloss run --ask``."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -29,7 +30,8 @@ from agentloss.tasks.build import build_feedback, build_objectives
 from agentloss.tasks.config import ConfigError, load_config
 from tests.faults.fault_server import FaultServer, completion
 
-pytest.importorskip("openai", reason="VisionFeedback talks through the openai package")
+needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None,
+                                  reason="VisionFeedback talks through the openai package")
 
 TINY = {
     "task": "cisr",
@@ -100,6 +102,7 @@ def _decode(url: str) -> Image.Image:
     return img
 
 
+@needs_openai
 def test_vision_sends_the_prompt_and_the_probe_images_as_pngs_in_one_request(stub, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-the-users-real-key-0123456789")  # must not go to a local server
     flat = torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1).expand(1, 3, 32, 32)  # orange: channel order shows
@@ -121,6 +124,7 @@ def test_vision_sends_the_prompt_and_the_probe_images_as_pngs_in_one_request(stu
     assert [r["path"] for r in stub.requests if r["method"] == "GET"] == ["/v1/models"]
 
 
+@needs_openai
 @pytest.mark.parametrize("mode,timeout,match", [("refuse", 5.0, "connection failed"), ("500", 5.0, "HTTP 500"),
                                                 ("silent", 0.5, "deadline of 0.5 s")])
 def test_vision_server_failures_are_clear_bounded_errors(mode, timeout, match):
@@ -138,6 +142,7 @@ def test_vision_server_failures_are_clear_bounded_errors(mode, timeout, match):
         server.close()
 
 
+@needs_openai
 def test_vision_refuses_bad_settings_early(monkeypatch):
     with pytest.raises(ValueError, match="looks like an API key") as err:
         VisionFeedback("http://127.0.0.1:1/v1", api_key_env="sk-proj-abcdef0123456789")
@@ -168,6 +173,7 @@ def _train(objectives, tmp_path, steps=4, between=None, refs=None):
     return sched
 
 
+@needs_openai
 def test_a_vision_server_going_down_mid_run_is_a_recorded_error_and_training_goes_on(stub, tmp_path):
     vision = VisionFeedback(stub.base_url, timeout=3.0)
     mean = al.CallableObjective(lambda x: float(x.mean()), name="mean", higher_is_better=True)
