@@ -8,6 +8,8 @@ Any config field can be overridden (``--set train.total_iters=2000``), the agent
 ``agentloss plot RUN_DIR`` draws a run's weight and score curves; ``agentloss show RUN_DIR`` prints
 its stages as a table; ``agentloss prompt RUN_DIR --config agent.yaml`` prints the exact messages
 an LLM agent would send for the run's next decision (a dry run: no model is loaded).
+``agentloss run CONFIG --ask`` pauses at each stage end for a line of feedback typed by a person
+(``--ask-timeout S``: go on without one after S seconds; docs/text-feedback.md).
 ``run``/``compare`` check every part first (``--check``: only that); an error a user can fix is one
 ``agentloss: error: ...`` line (a config error then lists its fields) and exit status 2.
 """
@@ -126,10 +128,25 @@ def _checked(cfg: RunConfig, methods: Sequence[str]) -> int:
     return 0
 
 
+def _with_person(cfg: RunConfig, timeout: float) -> RunConfig:
+    """``cfg`` with a terminal feedback source named "person" added (``run --ask``), validated again."""
+    from .tasks.config import load_config
+
+    data = cfg.model_dump(mode="json")
+    data["feedback"] = [*data["feedback"], {"type": "terminal", "name": "person", "timeout": timeout}]
+    return load_config(data)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .tasks.runner import run
 
     cfg = _task_config(args)
+    if args.ask_timeout is not None and not args.ask:
+        raise ValueError("--ask-timeout goes with --ask (ask for a line of feedback at each stage end)")
+    if args.ask_timeout is not None and not args.ask_timeout > 0:
+        raise ValueError(f"--ask-timeout must be > 0 seconds, got {args.ask_timeout}")
+    if args.ask:
+        cfg = _with_person(cfg, 60.0 if args.ask_timeout is None else args.ask_timeout)
     if args.check:
         return _checked(cfg, ["agent"])
     result = run(cfg, progress=not args.no_progress, resume=not args.fresh)
@@ -210,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.set_defaults(func=_cmd_prompt)
     run = sub.add_parser("run", help="train a task from a YAML config with its agent, then evaluate")
     _task_args(run)
+    run.add_argument("--ask", action="store_true",
+                     help="pause at each stage end for a line of feedback for the agent, typed here (Enter skips); "
+                          "the restored probe images are saved in OUT/feedback_probe/ to look at")
+    run.add_argument("--ask-timeout", type=float, metavar="S",
+                     help="with --ask: seconds to wait for the line before going on without it (default 60)")
     run.set_defaults(func=_cmd_run)
     comp = sub.add_parser("compare", help="train Fixed, Random and the agent from one start; print a Table-1 table")
     _task_args(comp)

@@ -44,6 +44,7 @@ from ..datasets.benchmarks import BenchmarkNotFoundError
 from ..datasets.degradations import RealWorldDegradation
 from ..datasets.evaluation import _padded
 from ..datasets.sampling import mix_seed
+from ..feedback import HighFrequencyCritic, TerminalFeedback, TextFeedback, VisionFeedback
 from ..objectives import Objective, PSNRObjective, PyiqaObjective, SSIMObjective
 from ..weighted_loss import AgentWeightedLoss
 from .config import ConfigError, RunConfig
@@ -238,9 +239,28 @@ def build_loss(cfg: RunConfig) -> AgentWeightedLoss:
         raise ConfigError(f"invalid run config:\n  losses: {e}") from e
 
 
-def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective]:
-    """The agent's objectives; NIQE gets its parameter file from :func:`niqe_params` when set."""
-    out: list[Objective] = []
+def build_feedback(cfg: RunConfig) -> list[TextFeedback]:
+    """The config's text feedback sources (``feedback:``), in order. A terminal source saves the restored
+    probe images into ``<out>/feedback_probe/`` for the person to look at before typing."""
+    out: list[TextFeedback] = []
+    for f in cfg.feedback:
+        if f.type == "vision":
+            extra = {"prompt": f.prompt} if f.prompt is not None else {}
+            out.append(VisionFeedback(f.base_url, f.model, api_key_env=f.api_key_env, max_images=f.max_images,
+                                      timeout=f.timeout, image_size=f.image_size, max_tokens=f.max_tokens,
+                                      name=f.name, **extra))
+        elif f.type == "critic":
+            out.append(HighFrequencyCritic(f.low, f.high, name=f.name))
+        else:
+            extra = {"prompt": f.prompt} if f.prompt is not None else {}
+            out.append(TerminalFeedback(f.timeout, name=f.name, save_dir=cfg.out_dir / "feedback_probe", **extra))
+    return out
+
+
+def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective | TextFeedback]:
+    """The agent's objectives, then the text feedback sources (:func:`build_feedback`); NIQE gets its
+    parameter file from :func:`niqe_params` when set."""
+    out: list[Objective | TextFeedback] = []
     y = cfg.task != "air"  # restoration papers report RGB PSNR for denoising/dehazing
     for o in cfg.objectives:
         kw = dict(o.options)
@@ -254,7 +274,7 @@ def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective]:
             hint = (f"Without network, give its niqe_modelparameters.mat as niqe_params: in the config (or in "
                     f"${NIQE_ENV_VAR}).") if o.name == "niqe" else None
             out.append(PyiqaObjective(o.name, device=device, hint=hint, **kw))
-    return out
+    return out + build_feedback(cfg)
 
 
 def eval_metrics(cfg: RunConfig) -> list[str]:

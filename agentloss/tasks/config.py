@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -172,6 +172,67 @@ class ObjectiveConfig(_Strict):
         return v.lower()
 
 
+class VisionFeedbackConfig(_Strict):
+    """``type: vision``: a multimodal model at an OpenAI-compatible ``base_url`` describes the restored
+    probe images (:class:`agentloss.feedback.VisionFeedback`); ``timeout`` bounds each stage's call."""
+
+    type: Literal["vision"]
+    name: str = "vision"
+    base_url: str
+    model: str = "default"
+    prompt: str | None = None
+    api_key_env: str | None = None
+    max_images: int = Field(2, ge=1)
+    image_size: int = Field(256, ge=8)
+    max_tokens: int = Field(200, ge=1)
+    timeout: float = Field(60.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8080/v1")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name(cls, v: str | None) -> str | None:
+        if v is not None and looks_like_key(v):  # never echoed: most likely the key itself
+            raise ValueError("must name an environment variable (e.g. OPENAI_API_KEY), and this value looks like "
+                             "an API key (not shown): put the key in the variable, not here")
+        return v
+
+
+class CriticFeedbackConfig(_Strict):
+    """``type: critic``: the deterministic high-frequency critic (:class:`agentloss.feedback.HighFrequencyCritic`)
+    comparing the restored probe with its references."""
+
+    type: Literal["critic"]
+    name: str = "critic"
+    low: float = Field(0.9, gt=0)
+    high: float = Field(1.1, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> CriticFeedbackConfig:
+        if self.low >= self.high:
+            raise ValueError(f"critic needs low < high, got low={self.low}, high={self.high}")
+        return self
+
+
+class TerminalFeedbackConfig(_Strict):
+    """``type: terminal``: a person types a line at each stage end (:class:`agentloss.feedback.TerminalFeedback`,
+    what ``agentloss run --ask`` adds); after ``timeout`` seconds the run goes on without one."""
+
+    type: Literal["terminal"]
+    name: str = "person"
+    timeout: float = Field(60.0, gt=0)
+    prompt: str | None = None
+
+
+FeedbackConfig = Annotated[VisionFeedbackConfig | CriticFeedbackConfig | TerminalFeedbackConfig,
+                           Field(discriminator="type")]
+
+
 class TrainConfig(_Strict):
     """Stages and the optimiser (the paper: Adam, constant lr 1e-4). ``pretrain_iters`` L1 iterations
     make a PSNR-oriented start when no checkpoint is given (the paper starts from such checkpoints)."""
@@ -215,6 +276,8 @@ class RunConfig(_Strict):
     loss_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     constraints: dict[str, Any] = Field(default_factory=dict)
     objectives: list[ObjectiveConfig] = Field(min_length=1)
+    # Text feedback sources, described at each stage end and shown to language-model agents.
+    feedback: list[FeedbackConfig] = Field(default_factory=list)
     agent: dict[str, Any] = Field(default_factory=lambda: {"type": "llm"})
     train: TrainConfig = Field(default_factory=TrainConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
@@ -279,6 +342,16 @@ class RunConfig(_Strict):
             raise ValueError("backend.api_key_env must name an environment variable (e.g. OPENAI_API_KEY), and "
                              "this value looks like an API key (not shown): put the key in the variable, not here")
         return v
+
+    @model_validator(mode="after")
+    def _feedback_names(self) -> RunConfig:
+        fb = [f.name for f in self.feedback]
+        scored = {o.name for o in self.objectives}
+        twice = sorted({n for n in fb if fb.count(n) > 1 or n in scored})
+        if twice:
+            raise ValueError(f"feedback: each source needs its own name (name:), unlike the other sources' and "
+                             f"the objectives'; {', '.join(twice)} used twice")
+        return self
 
     @field_validator("compare")
     @classmethod
