@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 from typing import Any
 
 from .constraints import WeightConstraints
@@ -154,6 +154,7 @@ class StageRecord:
     iteration: int
     weights: dict[str, float]
     scores: dict[str, float | None] = field(default_factory=dict)
+    _: KW_ONLY  # the rest by name: fields are added over time, and a positional call would shift silently
     per_image: dict[str, list[float | None]] = field(default_factory=dict)
     texts: dict[str, str | None] = field(default_factory=dict)  # text feedback per source (None: it failed)
     next_weights: dict[str, float] | None = None

@@ -73,8 +73,9 @@ def context_from_run(
     constraints = WeightConstraints(**cons)
     # Decisions of the last stage are not part of what the agent saw when making it.
     history = records[:-1] + [StageRecord(last.stage, last.iteration, dict(last.weights), dict(last.scores),
-                                          dict(last.per_image), None, None, None, list(last.errors),
-                                          dict(last.timings))]
+                                          per_image=dict(last.per_image), texts=dict(last.texts),
+                                          errors=list(last.errors), warnings=list(last.warnings),
+                                          timings=dict(last.timings))]
     return DecisionContext(
         loss_names=loss_names,
         current_weights=dict(last.weights),

@@ -27,6 +27,7 @@ from ..agents import create_agent
 from ..backends.base import BackendError
 from ..objectives import ObjectiveError
 from ..scheduler import StageScheduler
+from ..trials import trials_for
 from .config import ConfigError
 
 # ``setup`` below is a harness ``Setup`` (not imported: the harness imports this module).
@@ -119,8 +120,13 @@ def _check(setup: Setup, methods: Sequence[str], seed: int) -> None:
         refs = setup.probe_references if any(o.needs_reference for o in objectives) else None
         for method, agent in agents.items():
             try:  # what the scheduler refuses: duplicate objective names, an agent naming what the run lacks
+                # The trials the harness would give it (their batches are never drawn here).
+                trials = trials_for(setup.agent_config(method, seed), torch.optim.Adam(model.parameters()),
+                                    lambda: iter(()))
                 StageScheduler(loss_fn, agent, objectives, model, setup.probe_lq, probe_references=refs,
-                               stage_length=setup.stage_length, total_stages=setup.stages, restore_fn=setup.restore)
+                               stage_length=setup.stage_length, total_stages=setup.stages, restore_fn=setup.restore,
+                               trials=trials, asynchronous=setup.asynchronous,
+                               apply_at=setup.apply_at).close()
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"invalid run config:\n  {e} (method {method})") from None
     finally:
