@@ -21,11 +21,12 @@ from agentloss.probe import restore
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "training-practices.md"
 
 
-def doc_block(name: str) -> str:
-    """The python block after ``<!-- tested: name -->`` in the docs, for the CPU."""
-    m = re.search(rf"<!-- tested: {name} -->\s*```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+def run_doc_block(name: str, namespace: dict) -> dict:
+    """Execute the python block after ``<!-- tested: name -->`` in the docs (on the CPU) in ``namespace``."""
+    m = re.search(rf"<!-- tested: {name} -->\s*```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
     assert m, f"no tested block {name!r} in {DOCS}"
-    return m.group(1).replace('"cuda"', '"cpu"')
+    exec(m.group(1).replace('"cuda"', '"cpu"'), namespace)  # noqa: S102 - our own docs, run as written
+    return namespace
 
 
 class Net(nn.Module):
@@ -123,12 +124,12 @@ def test_gradient_accumulation_stage_ends_land_on_optimizer_steps():
 
     accum_steps = 4
     sched = scheduler(model, loss_fn, callbacks=[at_stage_end])
-    exec(doc_block("accumulation"), {"loader": loader(), "model": model, "loss_fn": loss_fn, "optimizer": optimizer,
-                                     "sched": sched, "accum_steps": accum_steps})
+    run_doc_block("accumulation", {"loader": loader(), "model": model, "loss_fn": loss_fn, "optimizer": optimizer,
+                                   "sched": sched, "accum_steps": accum_steps})
     # S0 before any update; then stage s ends after 2s optimizer steps = 8s micro-batches, with no
     # partial accumulation pending (the stage end saw whole optimizer steps only).
     assert ends[0][:3] == (0, 0, 0)
-    assert [e for e in ends[1:]] == [(s, 2 * s, 2 * s, 2 * s * accum_steps, False) for s in (1, 2, 3)]
+    assert ends[1:] == [(s, 2 * s, 2 * s, 2 * s * accum_steps, False) for s in (1, 2, 3)]
     assert sched.iteration == 7 and counts["opt"] == 7  # 28 micro-batches, 3 stages of 2 optimizer steps
 
 
@@ -153,8 +154,8 @@ def test_bf16_autocast_s0_equals_fp32_and_every_stage_is_scored_in_float32():
     model.body[0].register_forward_hook(lambda m, i, o: dtypes.append((m.training, o.dtype)))
     by_hand: list[dict] = []
     sched = scheduler(model, loss_fn, callbacks=[lambda rec: by_hand.append(fp32_scores(model))])
-    exec(doc_block("bf16"), {"loader": stream(1, n=6), "model": model, "loss_fn": loss_fn, "optimizer": optimizer,
-                             "sched": sched, "torch": torch})
+    run_doc_block("bf16", {"loader": stream(1, n=6), "model": model, "loss_fn": loss_fn, "optimizer": optimizer,
+                          "sched": sched, "torch": torch})
     bf16 = sched.history
     assert [r.stage for r in bf16] == [0, 1, 2, 3]
     # S0 was scored from the pre-hook inside autocast, yet it equals the fp32 run's S0.
@@ -185,7 +186,7 @@ def test_fp16_grad_scaler_runs_three_stages_and_trials_put_the_scaler_back():
     # growth_interval=1: the scale moves at every step, so a trial that leaked would show.
     scaler = torch.amp.GradScaler("cpu", growth_interval=1)
     ns = {"torch": torch, "agentloss": al, "optimizer": optimizer, "trial_batches": stream(2), "scaler": scaler}
-    exec(doc_block("fp16"), ns)
+    run_doc_block("fp16", ns)
     trials, amp_step = ns["trials"], ns["amp_step"]
     scales_in_trials: list[float] = []
 
@@ -287,7 +288,7 @@ def _timm_ema(model):
 
 @pytest.mark.parametrize("ema_of", [_averaged, _timm_ema], ids=["AveragedModel", "timm-ModelEmaV3"])
 def test_snapshot_trials_update_the_ema_and_put_it_back(ema_of):
-    sched, agent, model, ema, by_hand, _ = _ema_run(ema_of)
+    sched, agent, model, _, by_hand, _ = _ema_run(ema_of)
     assert [r.stage for r in sched.history] == [0, 1, 2]
     assert not sched.history[1].warnings  # the probe read what the trials trained
     assert len(agent.seen) == 2  # stages 1 and 2
@@ -304,7 +305,7 @@ def test_ema_probe_model_with_a_restore_fn():
         w = x.shape[-1] // 2
         return torch.cat([m(x[..., :w]), m(x[..., w:])], dim=-1)
 
-    sched, agent, model, ema, by_hand, seen = _ema_run(_averaged, restore_fn=halves)
+    sched, agent, _, ema, by_hand, seen = _ema_run(_averaged, restore_fn=halves)
     assert seen and all(m is ema for m in seen)
     assert [r.scores for r in sched.history] == by_hand
     assert agent.seen[0][0][0] != agent.seen[0][0][1]
