@@ -1,5 +1,9 @@
 """Plots of a run: the loss weights and the objective scores per stage (like the paper's Figure 5).
 
+One convention for every plot of weights (``draw_weights``): stage ``s``'s ``record.weights`` are the
+weights trained between stage ends ``s - 1`` and ``s``, so they are drawn over ``(s - 1, s]``, ending
+at the stage end whose scores they produced; stage 0 (S0, before training) is a single point.
+
 Example:
     >>> import tempfile, agentloss as al
     >>> from agentloss.records import RecordWriter
@@ -16,8 +20,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .records import StageRecord, read_meta, read_records
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.lines import Line2D
+
+__all__ = ["draw_weights", "plot_records", "plot_run"]
 
 
 def _direction(meta: dict, name: str) -> str:
@@ -25,6 +36,19 @@ def _direction(meta: dict, name: str) -> str:
         if o.get("name") == name:
             return "↑ better" if o.get("higher_is_better") else "↓ better"
     return ""
+
+
+def draw_weights(ax: Axes, records: Sequence[StageRecord], name: str, **style: Any) -> Line2D:
+    """Draw loss weight ``name`` over the stages on ``ax`` and return the line.
+
+    ``records[s].weights`` holds over ``(s - 1, s]`` (``where="pre"``): the span it trained, ending
+    at the scores it produced. Weights that are missing or not positive are left out (log scales).
+    """
+    stages = [r.stage for r in records]
+    values = [r.weights.get(name) for r in records]
+    positive = [v if v is not None and v > 0 else float("nan") for v in values]
+    (line,) = ax.step(stages, positive, where="pre", **style)
+    return line
 
 
 def plot_records(records: Sequence[StageRecord], out: str | os.PathLike[str], meta: dict | None = None,
@@ -44,13 +68,8 @@ def plot_records(records: Sequence[StageRecord], out: str | os.PathLike[str], me
     fig, axes = plt.subplots(1 + len(objectives), 1, figsize=(7, 2.4 * (1 + len(objectives))), sharex=True,
                              squeeze=False)
     ax = axes[0, 0]
-    # Weight in force during stage s is record[s].weights (s >= 1); stage 0 shows the initial ones.
-    stages = [r.stage for r in records]
     for name in loss_names:
-        values = [r.weights.get(name) for r in records]
-        positive = [v if v and v > 0 else float("nan") for v in values]
-        # "pre": the value at stage s holds over (s-1, s], the span it trained.
-        ax.step(stages, positive, where="pre", marker="o", ms=3, label=name)
+        draw_weights(ax, records, name, marker="o", ms=3, label=name)
     ax.set_yscale("log")
     ax.set_ylabel("loss weight")
     ax.legend(loc="best", fontsize=8, ncol=min(4, len(loss_names)))

@@ -57,12 +57,29 @@ class SnapshotTrials:
     one); ``step_fn(model, loss_fn, optimizer, batch)`` is one training iteration (default: plain
     forward/backward/step — pass yours for AMP, gradient clipping, EMA ...). ``state``: every other
     object a training step changes (an EMA model, a ``GradScaler``, an LR scheduler, other
-    optimisers): each is snapshotted with ``state_dict()`` and put back after the trials."""
+    optimisers): each is snapshotted with ``state_dict()`` and put back after the trials.
+
+    ``ema``: an EMA of the model (``torch.optim.swa_utils.AveragedModel``, or timm's ``ModelEma*``):
+    it is snapshotted like ``state`` and updated after every trial step (``ema.update_parameters(model)``
+    or ``ema.update(model)``), so a ``probe_model=ema`` sees what each candidate trained without a
+    ``step_fn`` of your own. Do not update it in your ``step_fn`` as well.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, batches: Iterator[Batch], steps: int = 20,
-                 step_fn: StepFn | None = None, state: Sequence[Any] = ()):
+                 step_fn: StepFn | None = None, state: Sequence[Any] = (), ema: nn.Module | None = None):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        self.ema = ema
+        self._update_ema: Callable[[nn.Module], Any] | None = None
+        if ema is not None:
+            # AveragedModel names it update_parameters; timm's ModelEma/ModelEmaV2/V3 name it update.
+            self._update_ema = getattr(ema, "update_parameters", None) or getattr(ema, "update", None)
+            if not callable(self._update_ema):
+                raise TypeError(f"ema must have update_parameters(model) (torch AveragedModel) or update(model) "
+                                f"(timm ModelEma); {type(ema).__name__} has neither: update it in step_fn and "
+                                "pass it in state=[...] instead")
+            if not any(obj is ema for obj in state):
+                state = [*state, ema]
         for obj in state:
             if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
                 raise TypeError(f"state objects need state_dict() and load_state_dict(); {type(obj).__name__} has not")
@@ -92,6 +109,8 @@ class SnapshotTrials:
                 model.train()
                 for batch in batches:
                     self.step_fn(model, loss_fn, self.optimizer, batch)
+                    if self._update_ema is not None:
+                        self._update_ema(model)
                 self.iterations += steps
                 results.append(score())
         finally:

@@ -156,6 +156,8 @@ def comparison_plot(comp: Any, path: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plotting import draw_weights
+
     results = comp.results
     objectives = list(dict.fromkeys(k for r in results.values() for rec in r.history for k in rec.scores))
     losses = list(dict.fromkeys(k for r in results.values() for rec in r.history for k in rec.weights))
@@ -176,8 +178,7 @@ def comparison_plot(comp: Any, path: str | os.PathLike[str]) -> Path:
             axes[0][k].set_title(f"probe {name} {arrows.get(name, '')}".strip())
         for k, name in enumerate(losses):
             ax = axes[0][len(objectives) + k]
-            ax.step(stages, [rec.weights.get(name, float("nan")) for rec in r.history], where="post",
-                    label=LABELS.get(method, method))
+            draw_weights(ax, r.history, name, label=LABELS.get(method, method))  # the same convention as curves.png
             ax.set_yscale("log")
             ax.set_title(f"weight {name}")
     for ax in axes[0]:
