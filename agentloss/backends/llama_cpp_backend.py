@@ -10,8 +10,8 @@ llama-cpp-python then reuses the KV cache for the prompt prefix shared with the 
 prompt less its last token) from the tokens in the context before the call, so they are exact
 whenever the prompt's tokens are (the chat format is the GGUF's own template, the usual case);
 otherwise llama.cpp's performance counter is used. ``info`` adds llama.cpp's timings
-(``prompt_eval_ms``, ``eval_tokens``, ``eval_ms``) and its counter itself (``perf_prompt_eval_tokens``,
-which counts a one-token evaluation as generation, so it reads 0 for a fully cached prompt).
+(``prompt_eval_ms``, ``eval_tokens``, ``eval_ms``) and that counter itself
+(``perf_prompt_eval_tokens``: the prompt tokens llama.cpp decoded, as a cross-check).
 
 With no ``model_path``, the embedded default (SmolLM2-135M-Instruct, see ``defaults``) is used.
 """
