@@ -140,11 +140,13 @@ def ask(backend: Any, messages: Sequence[Mapping[str, str]], read: Callable[[Cha
             return out
         result = ChatResult.coerce(raw)
         text = result.text if isinstance(result.text, str) else str(result.text)
-        # The backend's own numbers (llama.cpp: prompt tokens actually evaluated, prompt/eval ms) show
-        # where a decision's time went.
-        call = {**result.call_record(attempt, time.perf_counter() - t0),
-                **{k: v for k, v in (result.info or {}).items()
-                   if isinstance(v, (int, float, str, bool)) or v is None}}
+        # The backend's own numbers (prompt tokens actually evaluated, not reused from its KV cache;
+        # llama.cpp's prompt/eval ms) show where a decision's time went. Its extra info fills in what
+        # the result's fields leave unknown, never overrides them.
+        call = result.call_record(attempt, time.perf_counter() - t0)
+        for k, v in (result.info or {}).items():
+            if (isinstance(v, (int, float, str, bool)) or v is None) and call.get(k) is None:
+                call[k] = v
         out.calls.append(call)
         stored = text if len(text) <= MAX_STORED_CHARS else (
             text[:MAX_STORED_CHARS] + f"\n[... {len(text) - MAX_STORED_CHARS} more characters not stored]")

@@ -28,7 +28,13 @@ class ContextOverflowError(BackendError):
 
 @dataclass
 class ChatResult:
-    """One answer. ``finish_reason`` is "stop", "length" (cut at max_tokens) or the runtime's word."""
+    """One answer. ``finish_reason`` is "stop", "length" (cut at max_tokens) or the runtime's word.
+
+    ``prompt_tokens`` is the prompt's length; ``prompt_eval_tokens`` how many of them this call
+    actually evaluated and ``cached_prompt_tokens`` how many it reused from the runtime's KV cache
+    (a prompt that starts like the previous one is not evaluated again). Both are ``None`` where
+    the backend cannot know (see each backend's docstring).
+    """
 
     text: str
     finish_reason: str | None = None
@@ -36,6 +42,8 @@ class ChatResult:
     completion_tokens: int | None = None
     seconds: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    prompt_eval_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
 
     @classmethod
     def coerce(cls, result: Any) -> ChatResult:
@@ -47,12 +55,15 @@ class ChatResult:
     def call_record(self, attempt: int, measured_seconds: float) -> dict[str, Any]:
         """What a decision record keeps of one call (the backend's own time when it gives one).
 
-        >>> ChatResult("x", "stop", 5, 1).call_record(1, 0.25)["seconds"]
-        0.25
+        >>> r = ChatResult("x", "stop", 700, 1, prompt_eval_tokens=90, cached_prompt_tokens=610)
+        >>> {k: v for k, v in r.call_record(1, 0.25).items() if k != "finish_reason"}  # doctest: +NORMALIZE_WHITESPACE
+        {'attempt': 1, 'seconds': 0.25, 'prompt_tokens': 700, 'completion_tokens': 1,
+         'prompt_eval_tokens': 90, 'cached_prompt_tokens': 610}
         """
         seconds = self.seconds if self.seconds is not None else measured_seconds
         return {"attempt": attempt, "seconds": round(seconds, 4), "finish_reason": self.finish_reason,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "prompt_eval_tokens": self.prompt_eval_tokens, "cached_prompt_tokens": self.cached_prompt_tokens}
 
 
 @runtime_checkable

@@ -3,8 +3,15 @@
 ``llama_cpp`` is imported on first use. One ``Llama`` object is kept for the backend's life:
 llama-cpp-python then reuses the KV cache for the prompt prefix shared with the previous call
 (the agent's system prompt and history), so only the new tail of the prompt is evaluated.
-``ChatResult.info`` reports llama.cpp's own timings, including how many prompt tokens were
-actually evaluated (``prompt_eval_tokens``).
+
+``ChatResult.prompt_eval_tokens`` is how many prompt tokens a call evaluated and
+``cached_prompt_tokens`` how many it reused. They are computed by llama-cpp-python's own rule
+(``Llama.generate`` keeps the longest common prefix of the tokens in its context and the new
+prompt less its last token) from the tokens in the context before the call, so they are exact
+whenever the prompt's tokens are (the chat format is the GGUF's own template, the usual case);
+otherwise llama.cpp's performance counter is used. ``info`` adds llama.cpp's timings
+(``prompt_eval_ms``, ``eval_tokens``, ``eval_ms``) and that counter itself
+(``perf_prompt_eval_tokens``: the prompt tokens llama.cpp decoded, as a cross-check).
 
 With no ``model_path``, the embedded default (SmolLM2-135M-Instruct, see ``defaults``) is used.
 """
@@ -184,7 +191,14 @@ class LlamaCppBackend:
             return self.config.n_ctx
         return int(self._load().n_ctx())
 
-    def _count(self, messages: list[Message]) -> tuple[int, bool]:
+    def prompt_token_ids(self, messages: list[Message]) -> list[int] | None:
+        """The prompt's tokens exactly as ``chat`` will evaluate them (the chat template applied, the
+        generation prompt included); ``None`` when the chat format is not the GGUF's own template."""
+        return self._prompt_ids(messages)[0]
+
+    def _prompt_ids(self, messages: list[Message]) -> tuple[list[int] | None, int]:
+        """The prompt's tokens as ``create_chat_completion`` will evaluate them (``None`` when the
+        chat format is not the GGUF's template) and their number (then an estimate)."""
         llm = self._load()
         conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
         if self._formatter is not None:
@@ -195,15 +209,39 @@ class LlamaCppBackend:
                     from err
             # Same call as llama-cpp-python's chat handler: specials parsed, BOS only if the template lacks it.
             ids = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
-            return len(ids), True
+            return ids, len(ids)
         text = "".join(f"{m['role']}\n{m['content']}\n" for m in conversation)
         ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-        return len(ids) + _APPROX_TOKENS_PER_MESSAGE * len(conversation) + 3, False
+        return None, len(ids) + _APPROX_TOKENS_PER_MESSAGE * len(conversation) + 3
+
+    def _count(self, messages: list[Message]) -> tuple[int, bool]:
+        ids, n = self._prompt_ids(messages)
+        return n, ids is not None
 
     def count_tokens(self, messages: list[Message]) -> int | None:
         """Prompt tokens. Exact when the chat format is the GGUF's own template (the usual case,
         ``chat_format: null``); otherwise an estimate (content tokens + 4 per message)."""
         return self._count(messages)[0]
+
+    @staticmethod
+    def cached_prefix(context_ids: Any, prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens llama-cpp-python reuses from the tokens already in its context.
+
+        Its rule (``Llama.generate``): the longest common prefix of the context and the prompt less
+        its last token (that one is always evaluated again, for its logits).
+
+        Example:
+            >>> LlamaCppBackend.cached_prefix([1, 2, 3, 9, 9], [1, 2, 3, 4, 5])
+            3
+            >>> LlamaCppBackend.cached_prefix([1, 2, 3], [1, 2, 3])  # the same prompt again
+            2
+        """
+        n = 0
+        for a, b in zip(context_ids, prompt_ids[:-1]):
+            if int(a) != b:
+                break
+            n += 1
+        return n
 
     def describe(self) -> dict[str, Any]:
         llm = self._llm
@@ -241,7 +279,8 @@ class LlamaCppBackend:
         import llama_cpp
 
         llm = self._load()
-        n_prompt, exact = self._count(messages)
+        prompt_ids, n_prompt = self._prompt_ids(messages)
+        exact = prompt_ids is not None
         n_ctx = int(llm.n_ctx())
         if n_prompt >= n_ctx:
             raise ContextOverflowError(f"llama_cpp backend: prompt of {n_prompt}{'' if exact else ' (estimated)'} "
@@ -253,6 +292,9 @@ class LlamaCppBackend:
         reset = getattr(llama_cpp, "llama_perf_context_reset", None)  # per-call timings; absent in old builds
         if reset is not None:
             reset(llm.ctx)
+        # What the context holds before the call (the last prompt and answer): the reused prefix is
+        # computed from it, by the rule generate() applies.
+        cached = self.cached_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt_ids) if exact else None
         start = time.perf_counter()
         try:
             response = llm.create_chat_completion(
@@ -279,16 +321,21 @@ class LlamaCppBackend:
         info: dict[str, Any] = {"prompt_tokens_exact": exact}
         try:
             perf = llama_cpp.llama_perf_context(llm.ctx)
-            # n_p_eval < prompt_tokens means the KV cache held the shared prefix from the last call.
-            info.update(prompt_eval_tokens=int(perf.n_p_eval), prompt_eval_ms=round(perf.t_p_eval_ms, 3),
+            info.update(perf_prompt_eval_tokens=int(perf.n_p_eval), prompt_eval_ms=round(perf.t_p_eval_ms, 3),
                         eval_tokens=int(perf.n_eval), eval_ms=round(perf.t_eval_ms, 3))
         except (AttributeError, TypeError, OSError):  # timings are a nicety; older builds lack them
             pass
+        prompt_tokens = usage.get("prompt_tokens", n_prompt)
+        evaluated = prompt_tokens - cached if cached is not None else info.get("perf_prompt_eval_tokens")
+        info["prompt_eval_tokens"] = evaluated  # kept here too for readers of older records
         return ChatResult(
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens", n_prompt),
+            prompt_tokens=prompt_tokens,
             completion_tokens=usage.get("completion_tokens"),
             seconds=seconds,
             info=info,
+            prompt_eval_tokens=evaluated,
+            cached_prompt_tokens=cached if cached is not None else (
+                prompt_tokens - evaluated if evaluated is not None else None),
         )

@@ -20,6 +20,10 @@ before the deadline either.
 The API key comes from the environment variable named by ``api_key_env`` (default
 ``OPENAI_API_KEY``) or, discouraged, from a literal ``api_key``. It is never part of
 ``describe()`` or of an error message.
+
+How many prompt tokens the server evaluated, and how many it reused from its prompt cache
+(``ChatResult.prompt_eval_tokens``, ``cached_prompt_tokens``), is read from the answer where the
+server reports it (see ``_prompt_cache_use``), else left unknown.
 """
 
 from __future__ import annotations
@@ -378,7 +382,43 @@ def _completion(body: bytes) -> dict[str, Any]:
     def text(value: Any) -> str | None:
         return value if isinstance(value, str) else None
 
+    prompt_tokens = integer(usage.get("prompt_tokens"))
+    evaluated, cached = _prompt_cache_use(usage, data.get("timings"), prompt_tokens)
     return {"text": content or "", "finish_reason": text(choice.get("finish_reason")),
-            "prompt_tokens": integer(usage.get("prompt_tokens")),
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": integer(usage.get("completion_tokens")),
+            "prompt_eval_tokens": evaluated, "cached_prompt_tokens": cached,
             "info": {"model": text(data.get("model")), "id": text(data.get("id"))}}
+
+
+def _prompt_cache_use(usage: Mapping[str, Any], timings: Any, prompt_tokens: int | None) -> tuple[int | None, int | None]:
+    """Prompt tokens the server evaluated and reused from its cache, where its answer says.
+
+    llama.cpp's C++ server sends ``timings.prompt_n`` (evaluated) and ``timings.cache_n`` (reused);
+    OpenAI, vLLM (``--enable-prompt-tokens-details``) and newer llama.cpp servers send
+    ``usage.prompt_tokens_details.cached_tokens``. Servers that say neither (llama-cpp-python's
+    own server, most others) give ``(None, None)``: unknown, not "nothing cached".
+
+    Example:
+        >>> _prompt_cache_use({"prompt_tokens_details": {"cached_tokens": 600}}, None, 700)
+        (100, 600)
+        >>> _prompt_cache_use({}, {"prompt_n": 90, "cache_n": 610}, 700)
+        (90, 610)
+        >>> _prompt_cache_use({}, None, 700)
+        (None, None)
+    """
+    def count(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    details = usage.get("prompt_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    evaluated = None
+    if isinstance(timings, Mapping):
+        evaluated = count(timings.get("prompt_n"))
+        if cached is None:
+            cached = count(timings.get("cache_n"))
+    if evaluated is None and cached is not None and prompt_tokens is not None:
+        evaluated = max(0, prompt_tokens - cached)
+    if cached is None and evaluated is not None and prompt_tokens is not None:
+        cached = max(0, prompt_tokens - evaluated)
+    return evaluated, cached

@@ -3,6 +3,10 @@
 ``torch`` and ``transformers`` are imported on first use; the tokenizer loads on the first
 ``count_tokens``/``chat``, the weights on the first ``chat``. No grammar support: the agent
 validates and repairs the answer instead.
+
+Every call evaluates its whole prompt: ``generate`` starts from an empty KV cache, so nothing is
+reused from the previous call (``ChatResult.prompt_eval_tokens`` is the prompt's length and
+``cached_prompt_tokens`` 0).
 """
 
 from __future__ import annotations
@@ -271,4 +275,4 @@ class TransformersBackend:
         finish = "stop" if stopped or len(new) < max_tokens else "length"
         text = tok.decode(new, skip_special_tokens=True)
         return ChatResult(text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=len(new),
-                          seconds=seconds, info=info)
+                          seconds=seconds, info=info, prompt_eval_tokens=n_prompt, cached_prompt_tokens=0)

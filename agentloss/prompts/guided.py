@@ -2,8 +2,18 @@
 
 Two parts, ``system`` and ``user`` (``templates/guided_system.j2``, ``guided_user.j2``), rendered
 through the same sandboxed machinery as the paper's prompt and overridable the same way
-(``GuidedAgent(templates={"system": "my_system.j2"})``). The user part is ordered for llama.cpp's
-prompt cache: what never changes first, then the history, which only grows, then what is new.
+(``GuidedAgent(templates={"system": "my_system.j2"})``).
+
+The user part is ordered for the runtime's KV cache (llama.cpp keeps the previous call's tokens and
+evaluates only what follows the prefix a new prompt shares with them): what is the same at every
+decision first (``needs``, ``primary``, ``primary_higher``, each guard's ``name``, ``higher``,
+``floor`` and ``s0``), then ``history``, whose lines never change once written and to which each
+stage appends one, and last what is new at this stage end (``stage``, ``total``, ``weights``,
+``noise``, each guard's ``now`` and ``broken``, ``n_changes``, ``effects``, ``candidates``). A call
+then evaluates only the newest history line and the per-decision part, the same few hundred tokens
+at stage 2 as at stage 20 (``tests/test_kvcache.py``, ``benchmarks/bench_prompt_cache.py``). A
+replacement template keeps that only if it uses the per-decision variables after the history;
+``needs`` holds the user's feedback, so new feedback changes the prompt from its first line (once).
 """
 
 from __future__ import annotations
