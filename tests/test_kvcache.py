@@ -28,7 +28,7 @@ import agentloss as al
 from agentloss.agents.asking import ask
 from agentloss.backends import ChatResult, create_backend
 from agentloss.backends.llama_cpp_backend import LlamaCppBackend
-from agentloss.prompts import build_messages
+from agentloss.prompts import build_messages, estimate_tokens, fit_history
 
 STAGES = 20
 AT = (2, 10, 20)  # decisions compared with the one before: 1, 9 and 19 stages of history before them
@@ -96,6 +96,31 @@ def tail(previous: list[dict[str, str]], current: list[dict[str, str]], tokens: 
 
 def render(messages: list[dict[str, str]]) -> str:
     return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+
+
+def test_a_shortened_history_drops_old_stages_in_blocks_so_the_prefix_survives_most_decisions(load_benchmark):
+    """Past the context, dropping one stage per decision would rewrite the paper prompt right after S0
+    at every decision (everything evaluated again); dropping a block of stages at a time rewrites it
+    once per block, and still shows at least half of the stages that would fit."""
+    contexts = load_benchmark("bench_prompt_cache").synthetic_contexts(stages=60, seed=0)
+    context_size = estimate_tokens(build_messages(contexts[29], needs_text="Lower NIQE."))  # 30 stages fit
+
+    def fitted(ctx: Any) -> list[dict[str, str]]:
+        return fit_history(ctx, needs_text="Lower NIQE.", context_size=context_size, reserve=0)[0]
+
+    prompts = [fitted(ctx) for ctx in contexts]
+    assert all(estimate_tokens(m) <= context_size for m in prompts)
+    rewritten = 0
+    for k in range(30, 60):  # the decisions past the context
+        user = prompts[k][1]["content"]
+        assert "Initial state S0" in user and f"Stage {k + 1} (ended" in user
+        assert "left out to fit the model's context window; S0 and the stages after them are shown" in user
+        shown = user.count("  weights used:")
+        wider = build_messages(contexts[k], needs_text="Lower NIQE.", history_window=2 * shown + 1)
+        assert estimate_tokens(wider) > context_size  # at least half of the stages that would fit are shown
+        if tail(prompts[k - 1], prompts[k]) > 0.5 * len(render(prompts[k])):
+            rewritten += 1  # everything after S0 differs from the previous prompt: evaluated again
+    assert 1 <= rewritten <= 5, rewritten  # blocks of 8 stages (30 fit), not one stage at each of 30 decisions
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,14 @@
 ``fit_history`` keeps the whole history while it fits (with room for the answer and a retry) and
 otherwise drops the oldest stages, S0 and the newest always kept, saying in the prompt which were
 left out. Token counts come from the backend when it can count, else from a 4-characters estimate.
+
+Dropping stages rewrites the prompt right after S0, and a runtime that keeps its KV cache
+(llama.cpp) must then evaluate everything after that again. So the oldest stages are dropped in
+blocks (``drop_block``: a power of two, a quarter to a half of the stages that fit), counted from
+the first stage, and the note says only which stages are left out: the prompt's start then stays
+the same until the next block has to go. That is one full evaluation per block of decisions
+instead of one at every decision, for showing at least half (on average about three quarters) of
+the stages that would fit.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from typing import Any
 from ..types import DecisionContext
 from .paper import PromptTemplates, prompt_variables
 
-__all__ = ["Message", "build_messages", "estimate_tokens", "fit_history", "reserve_tokens"]
+__all__ = ["Message", "build_messages", "drop_block", "estimate_tokens", "fit_history", "reserve_tokens"]
 
 Message = dict[str, str]
 
@@ -32,16 +40,28 @@ def _windowed(variables: dict[str, Any], keep: int, reason: str) -> tuple[dict[s
         return variables, None
     keep = max(1, keep)
     dropped, kept = stages[:-keep], stages[-keep:]
-    note = (f"{_span(dropped, True)} left out {reason}; S0 and {_span(kept, False)} are shown"
-            if dropped else None)
+    # The note names only what is left out, not the newest stage: it stays the same from one decision
+    # to the next, and so does the prompt up to the newest stage (the KV cache stays valid).
+    note = (f"{_span(dropped)} left out {reason}; S0 and the stages after "
+            f"{'it' if len(dropped) == 1 else 'them'} are shown" if dropped else None)
     return {**variables, "stages": kept, "omitted_note": note}, note
 
 
-def _span(rows: list[dict[str, Any]], subject: bool) -> str:
+def drop_block(fits: int) -> int:
+    """How many of the oldest stages go at a time when ``fits`` newest stages would fit: the largest
+    power of two not above half of them (at least 1). A power of two, so that the small changes of
+    ``fits`` from one decision to the next rarely change the block, and with it where the cut is.
+
+    Example:
+        >>> [drop_block(n) for n in (1, 4, 7, 8, 30, 60, 64)]
+        [1, 2, 2, 4, 8, 16, 32]
+    """
+    return 1 << (max(1, fits // 2).bit_length() - 1)
+
+
+def _span(rows: list[dict[str, Any]]) -> str:
     a, b = rows[0]["stage"], rows[-1]["stage"]
-    if a == b:
-        return f"Stage {a} is" if subject else f"stage {a}"
-    return f"Stages {a} to {b} are" if subject else f"stages {a} to {b}"
+    return f"Stage {a} is" if a == b else f"Stages {a} to {b} are"
 
 
 def build_messages(
@@ -59,7 +79,7 @@ def build_messages(
     Example:
         >>> from agentloss.prompts import sample_context
         >>> msgs = build_messages(sample_context(), history_window=1)
-        >>> "[Stage 1 is left out (the history window is 1 stage(s)); S0 and stage 2 are shown]" in msgs[1]["content"]
+        >>> "[Stage 1 is left out (the history window is 1 stage(s)); S0 and the stages after it are shown]" in msgs[1]["content"]
         True
     """
     messages, _ = fit_history(context, templates, needs_text=needs_text, history_window=history_window,
@@ -104,8 +124,9 @@ def fit_history(
     """Messages with as much history as fits, and a note (for the record) of what was left out.
 
     The whole history is kept while ``prompt tokens + reserve <= context_size``; otherwise the
-    oldest stages are dropped (S0 and the newest stage always stay), the prompt says which stages
-    are left out, and the same sentence is returned. ``context_size``/``count_tokens`` default to
+    oldest stages are dropped, in blocks of ``drop_block(stages that fit)`` counted from the first
+    stage (so that the prompt's start stays the same over many decisions; S0 and the newest stage
+    always stay), the prompt says which stages are left out, and the same sentence is returned. ``context_size``/``count_tokens`` default to
     the backend's; a count of ``None`` (or an error) falls back to ``estimate_tokens``. With no
     context size the history is not shortened (except by ``history_window``).
 
@@ -117,7 +138,7 @@ def fit_history(
         True
         >>> short, note = fit_history(ctx, context_size=estimate_tokens(full) - 5, reserve=0)
         >>> note
-        "Stage 1 is left out to fit the model's context window; S0 and stage 2 are shown"
+        "Stage 1 is left out to fit the model's context window; S0 and the stages after it are shown"
     """
     tmpl = PromptTemplates.coerce(templates)
     variables = prompt_variables(context, needs_text=needs_text, loss_descriptions=loss_descriptions)
@@ -166,7 +187,10 @@ def fit_history(
                 lo, best = mid, cand
             else:
                 hi = mid - 1
-        messages, note = best
+        # Whole blocks, counted from the first stage: the cut stays where it is until a block more must go.
+        block = drop_block(lo)
+        drop = min(n_stages - 1, -(-(n_stages - lo) // block) * block)
+        messages, note = best if drop == n_stages - lo else attempt(n_stages - drop)
     else:
         messages, note = best
         note = (note or "") + " (the prompt may still be too long for the context window)"
