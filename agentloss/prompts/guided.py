@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..types import DecisionContext
-from .paper import sanitize_feedback
+from .paper import text_items, sanitize_feedback
 from .templates import TemplateSet
 
 __all__ = ["GuidedTemplates", "guided_messages", "guided_variables"]
@@ -77,7 +77,9 @@ def guided_variables(ctx: DecisionContext, shown: Sequence[Any], facts: Mapping[
     for r in ctx.history:
         w = ":".join(f"{r.weights.get(n, 0.0):.3g}" for n in names)
         sc = ", ".join(f"{o} {_g(r.scores.get(o))}" for o in shown_objectives)
-        history.append(f"{'S0' if r.stage == 0 else f'stage {r.stage}'}: {':'.join(names)}={w} -> {sc}")
+        said = "; ".join(f'{t["name"]} said "{t["text"]}"' for t in text_items(r))  # words, quoted as data
+        history.append(f"{'S0' if r.stage == 0 else f'stage {r.stage}'}: {':'.join(names)}={w} -> {sc}"
+                       + (f"; {said}" if said else ""))
     effects = []
     for o in shown_objectives:
         e = facts["effects"][o]

@@ -244,6 +244,17 @@ def _example_weights(ctx: DecisionContext) -> dict[str, float]:
     return out
 
 
+def text_items(rec: StageRecord | None) -> list[dict[str, str]]:
+    """What each text source said at this stage, as one quoted line of data (nothing when it failed,
+    ``None``, or had nothing to say, ``""``)."""
+    items = []
+    for name, text in ((rec.texts or {}) if rec is not None else {}).items():
+        lines = sanitize_feedback([text]) if text else []
+        if lines:
+            items.append({"name": name, "text": " ".join(lines).replace('"', "'")})
+    return items
+
+
 def sanitize_feedback(feedback: Sequence[Any]) -> list[str]:
     lines: list[str] = []
     for item in list(feedback)[-MAX_FEEDBACK_ITEMS:]:
@@ -309,6 +320,7 @@ def prompt_variables(
         "weights_text": _weights_text(init_weights, names),
         "scores": _score_items(s0, None, objectives),
         "notes": _record_notes(s0, True) if s0 is not None else [],
+        "texts": text_items(s0),
     }
     initial["scores_text"] = _scores_text(initial["scores"], s0)
 
@@ -324,6 +336,7 @@ def prompt_variables(
             "scores": items,
             "scores_text": _scores_text(items, rec),
             "notes": _record_notes(rec, False),
+            "texts": text_items(rec),
         })
         prev = rec
 
@@ -346,6 +359,8 @@ def prompt_variables(
         "names_header": ":".join(names),
         "losses": _loss_entries(names, loss_descriptions),
         "objectives": objectives,
+        "text_sources": [{"name": o.name, "description": o.description or "no description given"}
+                         for o in ctx.text_sources],
         "stage": ctx.stage,
         "total_stages": ctx.total_stages,
         "stage_length": ctx.stage_length,
