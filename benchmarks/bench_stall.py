@@ -33,9 +33,13 @@ the settings, the machine's load average; ``stall_quick.*`` with ``--quick``).
 
 Commands::
 
-    python benchmarks/bench_stall.py                 # delays 1, 10, 60 s + SmolLM2; ~25 min
-    python benchmarks/bench_stall.py --quick         # delays 1 and 3 s, short stages; ~3 min
+    python benchmarks/bench_stall.py                 # delays 1, 10, 60 s + SmolLM2
+    python benchmarks/bench_stall.py --quick         # delays 1 and 3 s, short stages
     python benchmarks/bench_stall.py --delays 5 30 --no-llama
+
+Time: 9 runs of 2 stages of 1.25 x 60 s plus the synchronous decisions, about 25 min on an idle
+machine; 27.8 min measured on the shared 2-core machine while its load average rose from 9 to 18.
+``--quick``: 2.6 min.
 
 The functions are importable for tests (``tests/test_bench_stall.py``):
 
