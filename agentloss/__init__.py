@@ -23,7 +23,8 @@ from .backbones import list_backbones
 from .backends import BackendError, create_backend
 from .constraints import WeightConstraints, WeightError
 from .losses import create_loss, list_losses, register_loss
-from .feedback import CallableFeedback, TextFeedback
+from .feedback import CallableFeedback, HighFrequencyCritic, TerminalFeedback, TextFeedback, VisionFeedback
+from .loggers import TensorBoardLogger, WandbLogger
 from .objectives import (
     CallableObjective,
     Objective,
@@ -45,10 +46,11 @@ from .weighted_loss import AgentWeightedLoss
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agent", "AgentWeightedLoss", "BackendError", "BaseAgent", "CallableFeedback", "CallableObjective", "ConfigError", "Decision",
+    "Agent", "AgentWeightedLoss", "BackendError", "BaseAgent", "CallableFeedback", "CallableObjective", "HighFrequencyCritic", "ConfigError", "Decision",
     "DecisionContext", "DecisionRecord", "FixedAgent", "GuidedAgent", "LLMAgent", "Objective", "ObjectiveError",
     "ObjectiveInfo", "ObjectiveResult", "PSNRObjective", "ProbeError", "ProposalError", "PyiqaObjective",
-    "RandomAgent", "SSIMObjective", "SnapshotTrials", "StageRecord", "StageScheduler", "TextFeedback", "WeightConstraints",
+    "RandomAgent", "SSIMObjective", "SnapshotTrials", "StageRecord", "StageScheduler", "TensorBoardLogger", "TerminalFeedback", "TextFeedback", "VisionFeedback",
+    "WandbLogger", "WeightConstraints",
     "WeightError", "compare", "create_agent", "create_backend", "create_loss", "list_backbones", "list_losses", "parse_proposal",
     "plot_run", "read_meta", "read_records", "register_loss",
 ]
