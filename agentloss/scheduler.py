@@ -376,12 +376,15 @@ class StageScheduler:
         """The one place where a proposal is validated and constrained: agents propose raw weights, and
         what the constraints made of them goes into ``record.decision``."""
         record.timings["agent_s"] = outcome.seconds
+        seen = [r.stage for r in context.history]
         if outcome.decision is None:
             record.fallback = outcome.error or "the agent gave no answer"
-            record.decision = DecisionRecord(traceback=outcome.traceback, feedback=list(context.feedback))
+            record.decision = DecisionRecord(traceback=outcome.traceback, feedback=list(context.feedback),
+                                             seen_stages=seen)
             return current
         decision = outcome.decision
         record.decision = DecisionRecord.from_decision(decision, context.feedback)
+        record.decision.seen_stages = seen
         if decision.fallback:
             record.fallback = decision.fallback
             return current
@@ -443,7 +446,8 @@ class StageScheduler:
                 why = ("training ended before the agent answered" if drop_if_late
                        else f"the agent did not answer within decision_timeout={self.decision_timeout:g} s")
                 record.fallback = f"{why}; request abandoned, previous weights kept"
-                record.decision = DecisionRecord(feedback=list(pending.context.feedback))
+                record.decision = DecisionRecord(feedback=list(pending.context.feedback),
+                                                 seen_stages=[r.stage for r in pending.context.history])
                 record.timings["agent_s"] = request.elapsed()
                 log.warning("stage %d: %s", record.stage, record.fallback)
             record.timings["waited_s"] = waited

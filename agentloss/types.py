@@ -87,7 +87,8 @@ class DecisionRecord:
     ``proposed`` is what the agent answered (before the constraints), ``clipped`` one note per weight
     the constraints changed, ``kept_previous`` whether the previous weights were kept after all
     (the reason is the stage's ``fallback``). ``skipped`` says why no agent was asked (final
-    stage), ``traceback`` is set when the agent raised.
+    stage), ``traceback`` is set when the agent raised. ``seen_stages``: the stages of the history the
+    agent was shown (with asynchronous decisions, what it knew when asked).
     """
 
     proposed: dict[str, float] | None = None
@@ -102,6 +103,7 @@ class DecisionRecord:
     skipped: str | None = None
     traceback: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    seen_stages: list[int] = field(default_factory=list)
 
     @classmethod
     def from_decision(cls, decision: Decision, feedback: list[str] | None = None) -> DecisionRecord:

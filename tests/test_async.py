@@ -96,6 +96,7 @@ def test_asap_training_goes_on_while_the_agent_thinks():
         assert weights[r.applied_iteration - 1] == r.next_weights  # in force from that step on
         assert weights[r.applied_iteration - 2] == r.weights if r.applied_iteration - 2 >= r.iteration else True
     assert records[2].weights == records[1].next_weights
+    assert records[2].decision.seen_stages == [0, 1, 2]  # asked at stage end 2, knowing stages 0-2
     assert records[3].decision.skipped and records[3].applied_iteration is None  # the last stage asks nothing
     assert agent.max_active == 1
 
