@@ -92,6 +92,16 @@ def test_stage_ends_count_optimizer_steps_not_batches(tmp_path):
     assert model.loss_fn.weights == cb.history[-1].next_weights
 
 
+def test_a_second_fit_of_the_same_module_continues_the_run(tmp_path):
+    model = TinyNet()
+    cb = AgentLossCallback(al.RandomAgent(seed=0), [mean_objective()], probe(), stage_length=2)
+    trainer(tmp_path, [cb], max_steps=4).fit(model, data())
+    weights = model.loss_fn.weights
+    trainer(tmp_path, [cb], max_steps=2).fit(model, data())  # a new Trainer: its global_step starts at 0 again
+    assert [(r.stage, r.iteration) for r in cb.history] == [(0, 0), (1, 2), (2, 4), (3, 6)]  # no second S0
+    assert cb.history[3].weights == weights and model.calls == 6
+
+
 def test_s0_is_scored_before_the_first_step_and_bf16_mixed_does_not_change_it(tmp_path):
     s0 = {}
     for precision in ("32-true", "bf16-mixed"):

@@ -189,8 +189,9 @@ class AgentLossCallback(Callback):
         self.log_to_lightning = log_to_lightning
         self.scheduler: StageScheduler | None = None
         self._module: nn.Module | None = None  # the module the scheduler was built for
-        self._pending: dict[str, Any] | None = None  # state loaded before the scheduler exists
-        self._seen_step: int | None = None  # the trainer.global_step already counted
+        self._pending: dict[str, Any] | None = None  # checkpoint state not applied yet
+        self._restored_step: int | None = None  # the global_step a checkpoint's state had counted up to
+        self._seen_step = 0  # the trainer.global_step counted so far
         self._trainer: pl.Trainer | None = None  # for the loggers and global_step when a stage ends
 
     # -- identity in checkpoints ---------------------------------------------------------------
@@ -209,8 +210,13 @@ class AgentLossCallback(Callback):
         # on_fit_start, not setup: the module is on its device by now, a loss built in configure_model
         # exists, and the process group of a DDP strategy is up.
         self._check_max_steps(trainer)
-        if self.scheduler is not None and self._module is pl_module:
-            return  # a second fit() of the same module continues the run
+        self._trainer = trainer
+        if self.scheduler is None or self._module is not pl_module:  # a second fit() of one module continues
+            self._build(pl_module)
+        if self._pending is not None:
+            self._apply_state(self._pending)
+
+    def _build(self, pl_module: pl.LightningModule) -> None:
         _, loss_fn = find_weighted_loss(pl_module, self.loss_attr)
         device = pl_module.device
         probe = [p.to(device) for p in as_image_list(self.probe, "probe")]
@@ -222,10 +228,6 @@ class AgentLossCallback(Callback):
             probe_references=refs, total_stages=self.total_stages, run_dir=self.run_dir,
             restore_fn=self.restore_fn, callbacks=[*self.callbacks, self._log_record])
         self._module = pl_module
-        self._trainer = trainer
-        self._seen_step = None
-        if self._pending is not None:
-            self._apply_state(self._pending)
 
     def _check_max_steps(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run:
@@ -237,6 +239,8 @@ class AgentLossCallback(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sched = self._require_scheduler()
+        if self._pending is not None:  # strategies that restore checkpoints after set-up (after on_fit_start)
+            self._apply_state(self._pending)
         if not trainer.fast_dev_run:
             # Training data is set up by now: a run bounded by max_epochs is checked too.
             total = trainer.estimated_stepping_batches
@@ -248,10 +252,13 @@ class AgentLossCallback(Callback):
         # S0: before the first optimizer step and outside the precision plugin's autocast (the scheduler's
         # restore also switches autocast off). Nothing happens on a resumed run: S0 is in its history.
         sched.start()
-        if self._seen_step is None:
-            self._seen_step = trainer.global_step
+        if self._restored_step is None:
+            self._seen_step = trainer.global_step  # a new run, or a later fit() continuing this one
         else:
-            # A checkpoint written by a hook that ran before this callback's, at a step it had not counted yet.
+            # Steps a checkpoint holds but its callback state had not counted: it was written by a hook that
+            # ran before this callback's at a stage-ending step. Counting them now runs that stage end.
+            self._seen_step = self._restored_step
+            self._restored_step = None
             self._count_steps(trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -262,7 +269,6 @@ class AgentLossCallback(Callback):
 
     def _count_steps(self, global_step: int) -> None:
         sched = self._require_scheduler()
-        assert self._seen_step is not None
         while self._seen_step < global_step:
             self._seen_step += 1
             sched.step()
@@ -284,8 +290,8 @@ class AgentLossCallback(Callback):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self.scheduler is None:
-            return dict(self._pending or {})
+        if self.scheduler is None or self._pending is not None:
+            return dict(self._pending or {})  # a loaded state not applied yet is passed on as it is
         state = self.scheduler.state_dict()
         try:
             # JSON text: checkpoints then load with torch.load(weights_only=True), Lightning's default for local
@@ -298,10 +304,9 @@ class AgentLossCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported AgentLossCallback state version {state_dict.get('version')!r}")
-        if self.scheduler is None:
-            self._pending = dict(state_dict)  # applied when on_fit_start builds the scheduler
-        else:  # strategies that restore after set-up (restore_checkpoint_after_setup) come here
-            self._apply_state(state_dict)
+        # Applied in on_fit_start, once the scheduler is built for this module (Lightning restores callbacks
+        # before it), or in on_train_start under strategies that restore checkpoints after set-up.
+        self._pending = dict(state_dict)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         sched = self._require_scheduler()
@@ -316,5 +321,5 @@ class AgentLossCallback(Callback):
             raise ValueError(f"the checkpoint's loss weights {module_weights} (module state_dict) differ from the "
                              f"agent's last decision {dict(sched.loss_fn.weights)} (AgentLossCallback state): "
                              "resume from a checkpoint written by one run, with its callback state")
-        self._seen_step = state.get("global_step")
+        self._restored_step = int(state.get("global_step") or 0)
         self._pending = None
