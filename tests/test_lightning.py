@@ -120,6 +120,18 @@ def test_s0_is_scored_before_the_first_step_and_bf16_mixed_does_not_change_it(tm
     assert abs(under_autocast - s0["32-true"]) > 1e-6 * abs(s0["32-true"])
 
 
+def test_a_bf16_true_module_is_fed_its_own_dtype(tmp_path):
+    s0 = {}
+    for precision in ("32-true", "bf16-true"):  # bf16-true turns the parameters themselves into bfloat16
+        cb = AgentLossCallback(al.FixedAgent(), [mean_objective()], probe(), stage_length=2)
+        model = TinyNet()
+        trainer(tmp_path, [cb], max_steps=2, precision=precision).fit(model, data())
+        assert all(r.errors == [] and r.fallback is None for r in cb.history)
+        s0[precision] = cb.history[0].scores["mean"]
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert s0["bf16-true"] == pytest.approx(s0["32-true"], rel=1e-2)
+
+
 def _resume_run(root: Path, crash_at: int | None = None, ckpt: str | None = None, saver: str = "model_checkpoint"):
     pl.seed_everything(0, verbose=False)
     model = TinyNet()
