@@ -34,6 +34,9 @@ class TinyNet(pl.LightningModule):
         self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
         if loss in ("one", "two"):
             self.loss_fn = al.AgentWeightedLoss({"l1": 1.0, "mse": 1.0})
+        if loss == "gan":  # a term with trained state: a discriminator and its own Adam
+            self.loss_fn = al.AgentWeightedLoss({"l1": 1.0, "mse": 1.0, "gan": 0.1},
+                                                terms={"gan": {"width": 8, "depth": 2}})
         if loss == "two":
             self.other_loss = al.AgentWeightedLoss({"l1": 1.0})
         if loss == "none":
@@ -51,7 +54,7 @@ class TinyNet(pl.LightningModule):
         return self.loss_fn(self(lq), hr)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
+        return torch.optim.Adam(self.net.parameters(), lr=1e-2)  # the discriminator has its own
 
 
 def data(n: int = 8, batch: int = 2) -> torch.utils.data.DataLoader:
@@ -134,7 +137,7 @@ def test_a_bf16_true_module_is_fed_its_own_dtype(tmp_path):
 
 def _resume_run(root: Path, crash_at: int | None = None, ckpt: str | None = None, saver: str = "model_checkpoint"):
     pl.seed_everything(0, verbose=False)
-    model = TinyNet()
+    model = TinyNet(loss="gan")
     cb = AgentLossCallback(al.RandomAgent(seed=0), [mean_objective()], probe(), stage_length=2, total_stages=3,
                            run_dir=root / "run")
     # One stage is one epoch (4 batches, 2 per step): a plain DataLoader restarts an interrupted epoch from its
@@ -169,6 +172,17 @@ class _SaveAt(pl.Callback):
             trainer.save_checkpoint(self.path)
 
 
+def _same(a, b) -> bool:
+    """Exact equality through nested dicts, lists and tensors."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 @pytest.mark.parametrize("saver", ["model_checkpoint", "before_the_callback"])
 def test_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(tmp_path, saver):
     whole, cb_whole = _resume_run(tmp_path / "whole")
@@ -185,13 +199,13 @@ def test_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(tmp_pat
     assert state["state_dict"]["loss_fn._extra_state"]["weights"] == sched_state["history"][-1]["next_weights"]
 
     resumed, cb = _resume_run(tmp_path / "crash", ckpt=str(ckpt))
-    assert resumed.loss_fn.weights == whole.loss_fn.weights != {"l1": 1.0, "mse": 1.0}
+    assert resumed.loss_fn.weights == whole.loss_fn.weights != {"l1": 1.0, "mse": 1.0, "gan": 0.1}
     keys = ("stage", "iteration", "weights", "next_weights", "scores", "per_image", "fallback")
     assert [{k: r.to_dict()[k] for k in keys} for r in cb.history] == \
            [{k: r.to_dict()[k] for k in keys} for r in cb_whole.history]
     assert [r.iteration for r in cb.history] == [0, 2, 4, 6]
-    for a, b in zip(resumed.parameters(), whole.parameters()):
-        assert torch.equal(a, b)
+    # Every tensor of the module, the discriminator and its Adam state (the loss's extra state) too, exactly.
+    assert _same(resumed.state_dict(), whole.state_dict())
     # The resumed run's records file holds every stage once, as the uninterrupted one's.
     on_disk = [r.to_dict() for r in al.read_records(tmp_path / "crash" / "run")]
     assert [(r["stage"], r["next_weights"], r["scores"]) for r in on_disk] == \
@@ -266,6 +280,30 @@ def test_set_up_errors_come_before_any_training_step(tmp_path, case, match):
     assert model.calls == 0
 
 
+def test_scheduler_options_pass_through_and_are_checked(tmp_path):
+    with pytest.raises(TypeError, match=r"sets \['model'\] itself"):
+        AgentLossCallback(al.FixedAgent(), [mean_objective()], probe(), stage_length=2, model=nn.Identity())
+    with pytest.raises(TypeError, match=r"unknown StageScheduler option\(s\) \['clmap'\]"):
+        AgentLossCallback(al.FixedAgent(), [mean_objective()], probe(), stage_length=2, clmap=False)
+    cb = AgentLossCallback(al.FixedAgent(), [mean_objective()], probe(), stage_length=2, clamp=False)
+    trainer(tmp_path, [cb], max_steps=2).fit(TinyNet(), data())
+    assert cb.scheduler.clamp is False
+
+
+def test_asynchronous_decisions_through_the_callback(tmp_path):
+    import inspect
+
+    if "asynchronous" not in inspect.signature(al.StageScheduler).parameters:
+        pytest.skip("this StageScheduler has no asynchronous mode")
+    model = TinyNet()
+    cb = AgentLossCallback(al.RandomAgent(seed=0), [mean_objective()], probe(), stage_length=2, total_stages=3,
+                           asynchronous=True, apply_at="next_stage")
+    trainer(tmp_path, [cb], max_steps=6).fit(model, data())
+    # Asked at steps 2 and 4, each answer applied exactly one stage later; the last stage asks nothing.
+    assert [r.applied_iteration for r in cb.history[1:]] == [4, 6, None]
+    assert model.loss_fn.weights == cb.history[2].next_weights != {"l1": 1.0, "mse": 1.0}
+
+
 DDP_SCRIPT = textwrap.dedent('''
     import json, os, sys
     import torch
@@ -281,7 +319,7 @@ DDP_SCRIPT = textwrap.dedent('''
     def score(x):
         calls.append(1)
         return float(x.mean())
-    model = TinyNet()
+    model = TinyNet(loss="gan")  # with a discriminator that trains inside the loss forward
     # A different agent seed per rank: if any rank but 0 decided, the ranks' weights would differ.
     cb = AgentLossCallback(al.RandomAgent(seed=100 + rank), [al.CallableObjective(score, name="mean",
                            higher_is_better=True)], probe(), stage_length=2, run_dir=os.path.join(out, f"run{rank}"))
@@ -291,7 +329,8 @@ DDP_SCRIPT = textwrap.dedent('''
     rank = trainer.global_rank
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"weights": dict(model.loss_fn.weights), "history": [r.to_dict() for r in cb.history],
-                   "calls": len(calls), "params": [p.sum().item() for p in model.parameters()],
+                   "calls": len(calls), "params": [p.sum().item() for p in model.net.parameters()],
+                   "ignored": sorted(model._ddp_params_and_buffers_to_ignore),
                    "records": os.path.exists(os.path.join(out, f"run{rank}", "stages.jsonl"))}, f)
 ''')
 
@@ -314,8 +353,10 @@ def test_ddp_rank0_decides_and_every_rank_applies_it(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    assert r0["weights"] == r1["weights"] != {"l1": 1.0, "mse": 1.0}
+    assert r0["weights"] == r1["weights"] != {"l1": 1.0, "mse": 1.0, "gan": 0.1}
     assert r0["history"] == r1["history"] and [h["iteration"] for h in r0["history"]] == [0, 2, 4]
     assert r0["params"] == r1["params"]  # DDP kept the replicas equal under the shared weights
+    # The loss's own parameters (the discriminator) are left out of DDP: they train inside the loss forward.
+    assert r0["ignored"] and all(n.startswith("loss_fn.terms.gan.") for n in r0["ignored"])
     assert r0["calls"] == 3 * 2 and r1["calls"] == 0  # S0 + 2 stage ends x 2 probe images, on rank 0 only
     assert r0["records"] and not r1["records"]

@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -57,10 +58,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import DDPStrategy
 except ImportError as e:  # an optional dependency: say how to get it
     raise ImportError("agentloss.integrations.lightning needs PyTorch Lightning: pip install 'agentloss[lightning]' "
                       "(or pip install lightning)") from e
@@ -77,6 +80,9 @@ __all__ = ["AgentLossCallback", "find_weighted_loss", "stage_metrics"]
 log = logging.getLogger("agentloss")
 
 _STATE_VERSION = 1
+# StageScheduler arguments the callback fills in itself.
+_SET_BY_CALLBACK = {"loss_fn", "agent", "objectives", "model", "probe", "stage_length", "probe_references",
+                    "total_stages", "run_dir", "restore_fn", "callbacks"}
 
 
 def find_weighted_loss(module: nn.Module, loss_attr: str | None = None) -> tuple[str, AgentWeightedLoss]:
@@ -154,6 +160,8 @@ class AgentLossCallback(Callback):
         loss_attr: the attribute holding the ``AgentWeightedLoss`` (default: the module's only one).
         callbacks: functions called with each new ``StageRecord``.
         log_to_lightning: log each stage to ``trainer.loggers``.
+        **scheduler_options: further ``StageScheduler`` keywords (``clamp``; in versions that have them
+            ``probe_model``, ``asynchronous``, ``apply_at``, ``decision_timeout``).
 
     ``scheduler`` is the scheduler once fitting started; ``history`` its records.
     """
@@ -172,10 +180,18 @@ class AgentLossCallback(Callback):
         loss_attr: str | None = None,
         callbacks: Sequence[Callable[[StageRecord], Any]] = (),
         log_to_lightning: bool = True,
+        **scheduler_options: Any,
     ):
         super().__init__()
-        if not isinstance(stage_length, int) or stage_length < 1:
+        if not isinstance(stage_length, int) or isinstance(stage_length, bool) or stage_length < 1:
             raise ValueError(f"stage_length must be a positive integer (optimizer steps), got {stage_length!r}")
+        taken = sorted(set(scheduler_options) & _SET_BY_CALLBACK)
+        if taken:
+            raise TypeError(f"AgentLossCallback sets {taken} itself (the model is the LightningModule, the loss its "
+                            "AgentWeightedLoss attribute); leave them out")
+        unknown = sorted(set(scheduler_options) - set(inspect.signature(StageScheduler).parameters))
+        if unknown:
+            raise TypeError(f"unknown StageScheduler option(s) {unknown}")
         self.agent = agent
         self.objectives = list(objectives)
         self.probe = probe
@@ -187,6 +203,7 @@ class AgentLossCallback(Callback):
         self.loss_attr = loss_attr
         self.callbacks = list(callbacks)
         self.log_to_lightning = log_to_lightning
+        self.scheduler_options = scheduler_options
         self.scheduler: StageScheduler | None = None
         self._module: nn.Module | None = None  # the module the scheduler was built for
         self._pending: dict[str, Any] | None = None  # checkpoint state not applied yet
@@ -206,6 +223,25 @@ class AgentLossCallback(Callback):
         return self.scheduler.history if self.scheduler is not None else []
 
     # -- set-up: everything that can be wrong fails here, before any training step ------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # DDP wraps the whole LightningModule, the loss with it. A term that trains its own parameters inside
+        # the loss forward (the GAN discriminator, with its own Adam) then meets DDP's gradient reducer: "unused
+        # parameters", or with find_unused_parameters "gradient which is undefined, but still allreduced".
+        # Leaving the loss's parameters and buffers out of DDP (before the strategy wraps the module, which
+        # happens after this hook) makes them rank-local, as they are in a plain DDP loop where the loss is
+        # not wrapped.
+        if stage != "fit" or not isinstance(trainer.strategy, DDPStrategy):
+            return
+        try:
+            _, loss_fn = find_weighted_loss(pl_module, self.loss_attr)
+        except TypeError:
+            return  # no loss yet (built in configure_model?): on_fit_start says what is wrong
+        own = {id(t) for t in (*loss_fn.parameters(), *loss_fn.buffers())}
+        names = [n for n, t in (*pl_module.named_parameters(), *pl_module.named_buffers()) if id(t) in own]
+        if names:
+            ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", ()))
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, sorted(ignored | set(names)))
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_fit_start, not setup: the module is on its device by now, a loss built in configure_model
         # exists, and the process group of a DDP strategy is up.
@@ -226,7 +262,7 @@ class AgentLossCallback(Callback):
         self.scheduler = StageScheduler(
             loss_fn, self.agent, self.objectives, pl_module, probe, stage_length=self.stage_length,
             probe_references=refs, total_stages=self.total_stages, run_dir=self.run_dir,
-            restore_fn=self.restore_fn, callbacks=[*self.callbacks, self._log_record])
+            restore_fn=self.restore_fn, callbacks=[*self.callbacks, self._log_record], **self.scheduler_options)
         self._module = pl_module
 
     def _check_max_steps(self, trainer: pl.Trainer) -> None:
@@ -278,6 +314,21 @@ class AgentLossCallback(Callback):
             raise RuntimeError("AgentLossCallback: the scheduler is built in on_fit_start; pass the callback to "
                                "Trainer(callbacks=[...]) and call trainer.fit")
         return self.scheduler
+
+    # -- the end of fit ---------------------------------------------------------------------------
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()  # a fit that failed (in set-up, too) leaves no S0 hook on the user's loss
+
+    def _close(self) -> None:
+        # StageScheduler.close() (where it exists) applies or drops an asynchronous answer still in flight
+        # and removes the S0 hook; a later fit() of the same module still continues the run.
+        close = getattr(self.scheduler, "close", None)
+        if callable(close):
+            close()
 
     # -- logging -----------------------------------------------------------------------------------
     def _log_record(self, record: StageRecord) -> None:
