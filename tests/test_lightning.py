@@ -183,6 +183,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saver", ["model_checkpoint", "before_the_callback"])
 def test_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(tmp_path, saver):
     whole, cb_whole = _resume_run(tmp_path / "whole")
