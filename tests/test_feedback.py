@@ -105,3 +105,12 @@ def test_the_guided_prompt_shows_the_texts_in_its_history(tmp_path):
     user = agent.messages(agent.context)[-1]["content"]
     assert 'S0: l1:mse=1:1 -> mean' in user and user.count('critic said "too smooth"') == 2
     assert 'critic said "natural"' in user
+
+
+def test_asking_a_person_does_not_make_another_run():
+    from agentloss.tasks.identity import config_differences
+
+    base = {"train": {"lr": 1e-4}, "feedback": [{"type": "critic", "low": 0.9}]}
+    asked = {**base, "feedback": [*base["feedback"], {"type": "terminal", "timeout": 60, "name": "person"}]}
+    assert config_differences(base, asked) == []
+    assert config_differences(base, {**base, "feedback": []}) == ["feedback"]

@@ -5,7 +5,8 @@ anything named like a key (``api_key``, ``hf_token``, ``Authorization``: ``agent
 and the ``user:password@`` part of URLs. ``config_differences`` compares two dumped configs on the
 fields that change what a run computes: where it is written (``out``, ``name``), how fast and on what
 (``threads``, ``device``), how it reports (``train.log_every``), what is scored after training
-(``eval`` but ``eval.ema``) and the other methods (``compare``) do not, and paths are compared
+(``eval`` but ``eval.ema``), the other methods (``compare``) and a person answering at the terminal
+(``feedback`` entries of type ``terminal``, added by ``--ask``) do not, and paths are compared
 resolved (``./runs/x/`` is ``runs/x``).
 
 >>> a = {"out": "runs/x", "threads": 2, "train": {"lr": 1e-4, "log_every": 10}, "data": {"sources": [{"path": "d/"}]}}
@@ -71,6 +72,10 @@ def run_fields(config: str | Mapping[str, Any]) -> dict[str, Any]:
         return obj
 
     out = walk(data, "")
+    if isinstance(out.get("feedback"), list):
+        # A person at the terminal (--ask) joins or leaves a run without making it another run:
+        # resuming with or without --ask continues the same checkpoint.
+        out["feedback"] = [f for f in out["feedback"] if not (isinstance(f, Mapping) and f.get("type") == "terminal")]
     if isinstance(out.get(_SCORED_AFTER), Mapping):
         out[_SCORED_AFTER] = {"ema": out[_SCORED_AFTER].get("ema", 0.0)}
     return out
