@@ -311,3 +311,19 @@ def test_callback_copies_and_refuses_a_json_only_rebuild():
     assert type(cb)() is cb  # how the Trainer rebuilds a stateful callback: it gets this very one
     with pytest.raises(TypeError, match="cannot be rebuilt from a checkpoint's JSON alone"):
         AgentLossTrainerCallback.from_state(cb.state())
+
+
+def test_asynchronous_decisions_are_logged_when_applied(tmp_path):
+    torch.manual_seed(0)
+    model, loss_fn = TinyNet(), make_loss()
+    cb = make_callback(asynchronous=True, apply_at="next_stage")
+    trainer = AgentLossTrainer(model=model, args=make_args(tmp_path), train_dataset=NoisyCrops(), loss_fn=loss_fn,
+                               callbacks=[cb])
+    trainer.train()
+    hist = cb.scheduler.history
+    assert [(r.stage, r.iteration, r.applied_iteration) for r in hist] == [(0, 0, None), (1, 3, 6), (2, 6, 9),
+                                                                           (3, 9, None)]
+    # each record logged once, at the step its weights took effect
+    assert agentloss_logs(trainer, "agentloss/weight/l1") == [(0, 1.0), (6, hist[1].next_weights["l1"]),
+                                                              (9, hist[2].next_weights["l1"]),
+                                                              (9, hist[3].next_weights["l1"])]

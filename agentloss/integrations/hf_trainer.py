@@ -140,6 +140,8 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         callbacks: Sequence[Callable[[StageRecord], Any]] = (),
         log_stages: bool = True,
         name: str = "agentloss",
+        asynchronous: bool = False,
+        apply_at: str = "next_stage",
     ):
         if self.__dict__.get("_configured"):
             return  # the Trainer rebuilding this callback from a checkpoint (see __new__): it is already set up
@@ -177,7 +179,10 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
             if needing and probe_references is None:
                 raise ProbeError(f"objectives {needing} need references: pass probe_references= (the ground "
                                  "truths of the probe images)")
-            self._config = {**given, "objectives": objectives, "clamp": clamp, "callbacks": list(callbacks)}
+            if apply_at not in ("asap", "next_stage"):
+                raise ValueError(f"apply_at must be 'asap' or 'next_stage', got {apply_at!r}")
+            self._config = {**given, "objectives": objectives, "clamp": clamp, "callbacks": list(callbacks),
+                            "asynchronous": bool(asynchronous), "apply_at": apply_at}
         self.scheduler = scheduler
         self.run_dir = run_dir
         self.log_stages = log_stages
@@ -185,6 +190,7 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         self.trainer = None
         self._resume_dir: str | None = None  # set by AgentLossTrainer.train(resume_from_checkpoint=...)
         self._warned_unattached = False
+        self._logged = 0  # records of the scheduler's history already logged
         self._configured = True
 
     @classmethod
@@ -245,7 +251,8 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         return StageScheduler(self._find_loss_fn(), cfg["agent"], cfg["objectives"], model, cfg["probe"],
                               stage_length=stage_length, probe_references=cfg.get("probe_references"),
                               total_stages=total, run_dir=run_dir, restore_fn=cfg.get("restore_fn"),
-                              clamp=cfg["clamp"], callbacks=cfg["callbacks"])
+                              clamp=cfg["clamp"], callbacks=cfg["callbacks"],
+                              asynchronous=cfg.get("asynchronous", False), apply_at=cfg.get("apply_at", "next_stage"))
 
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -294,6 +301,7 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         s0 = sched.start()  # S0 scored before the first update (returns the record if already scored)
         if self.log_stages:
             self._log(s0, args, state)
+        self._logged = len(sched.history)
 
     def _resume(self, args: TrainingArguments, state: TrainerState, sched: StageScheduler) -> None:
         saved = self._saved_state(state)
@@ -306,6 +314,7 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         if _trainable_loss_state(sched.loss_fn):
             self._load_loss_state(args, state, sched.loss_fn)
         sched.load_state_dict(saved["scheduler"])
+        self._logged = len(sched.history)
         if sched.iteration != state.global_step:
             raise ValueError(f"the checkpoint's scheduler is at iteration {sched.iteration} but the Trainer at "
                              f"global step {state.global_step}: the scheduler was stepped outside this callback")
@@ -335,13 +344,17 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         sched = self.scheduler
         if sched is None:
             return
-        record = sched.step()
+        sched.step()
         if sched.iteration != state.global_step:
             raise RuntimeError(f"AgentLossTrainerCallback: the scheduler is at iteration {sched.iteration} but the "
                                f"Trainer at global step {state.global_step}; call sched.step() only through this "
                                "callback")
-        if record is not None and self.log_stages:
-            self._log(record, args, state)
+        # Records join the history when their weights are applied: at the stage end, or later for an
+        # asynchronous decision; each is logged then, at the step its weights took effect.
+        if self.log_stages:
+            for record in sched.history[self._logged:]:
+                self._log(record, args, state)
+        self._logged = len(sched.history)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
