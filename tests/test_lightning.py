@@ -292,10 +292,6 @@ def test_scheduler_options_pass_through_and_are_checked(tmp_path):
 
 
 def test_asynchronous_decisions_through_the_callback(tmp_path):
-    import inspect
-
-    if "asynchronous" not in inspect.signature(al.StageScheduler).parameters:
-        pytest.skip("this StageScheduler has no asynchronous mode")
     model = TinyNet()
     cb = AgentLossCallback(al.RandomAgent(seed=0), [mean_objective()], probe(), stage_length=2, total_stages=3,
                            asynchronous=True, apply_at="next_stage")
