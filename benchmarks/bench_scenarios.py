@@ -15,7 +15,10 @@ Methods (agent configs, ``--method NAME=JSON`` adds more):
   best x2 moves, 60 iterations each, per stage end) without a language model (``backend: none``);
 * ``population``: the equal-compute baseline (``PopulationAgent``): keep + 2 random log-uniform
   perturbations in [/2, x2], 60 iterations each from the same snapshot, the best by NIQE kept,
-  with the same PSNR guard.
+  with the same PSNR guard;
+* ``random``, and ``llm-paper`` (the paper's prompt on the embedded SmolLM2; for ``text-goal``, whose
+  agent sees only ``HighFrequencyCritic``'s words and is judged on the hidden ``hf_gap``, scored here
+  on the evaluation images beside NIQE and PSNR_Y).
 
 Report, per scenario: mean +- sd of the goal metric and PSNR_Y; paired differences against Fixed
 (mean, 95 % Student-t interval, exact two-sided sign-flip p; ``agentloss.tasks.stats``); the kept
@@ -28,6 +31,7 @@ Commands::
     python benchmarks/bench_scenarios.py --quick                          # smoke test, a few minutes
     python benchmarks/bench_scenarios.py --seeds 5 --first-seed 50        # the pre-registered run
     python benchmarks/bench_scenarios.py --scenarios gan-x10 --methods fixed,population --seeds 1
+    python benchmarks/bench_scenarios.py --scenarios text-goal --methods fixed,llm-paper   # a text-only goal
     python benchmarks/bench_scenarios.py --merge a.json b.json --out all.json   # seeds run in two processes
     python benchmarks/bench_scenarios.py --backbone swinir_light_tiny --quick   # another network, CPU size
 
@@ -57,7 +61,7 @@ from agentloss.backbones import BACKBONES, create_backbone  # noqa: E402
 from agentloss.tasks.config import agent_options  # noqa: E402
 from agentloss.tasks.harness import Setup, make_start, score_method, train_method  # noqa: E402
 from agentloss.tasks.preflight import check_setup  # noqa: E402
-from agentloss.tasks.scenarios import SCENARIOS, Scenario, get_scenario  # noqa: E402
+from agentloss.tasks.scenarios import SCENARIOS, Scenario, get_scenario, hf_gap  # noqa: E402
 from agentloss.tasks.stats import finite, mean_std, paired_interval  # noqa: E402
 
 KEPT = "guided-trials60-numbers"
@@ -67,6 +71,8 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
     KEPT: {"type": "guided", "trials": 2, "trial_steps": 60, "step": 2.0, "backend": "none"},
     POPULATION: {"type": "population", "trials": 2, "trial_steps": 60, "step": 2.0},
     "random": {"type": "random"},
+    # The paper's prompt with the embedded SmolLM2 (backend null): the agent that reads text (text-goal).
+    "llm-paper": {"type": "llm", "backend": None},
 }
 DEFAULT_SCENARIOS = "gan-x10,gan-div10-fft-x10,mscn-off"
 DEFAULT_METHODS = f"fixed,{KEPT},{POPULATION}"
@@ -93,8 +99,8 @@ def resolve_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if unknown:
             raise ValueError(f"method {name!r}: unknown option(s) {unknown} for agent type {config['type']!r}")
         if "backend" in agent_options(config["type"]) and "backend" not in config:
-            raise ValueError(f"method {name!r}: name its backend ('none' for numbers only); this suite loads no "
-                             "language model unless a method's config asks for one")
+            raise ValueError(f"method {name!r}: name its backend ('none' for numbers only, null for the embedded "
+                             "model); this suite loads no language model unless a method's config asks for one")
         if args.quick and "trial_steps" in config:
             config["trial_steps"] = 2  # a smoke test: the trial mechanics, not their length
         methods[name] = config
@@ -112,19 +118,65 @@ def scenario_methods(methods: Mapping[str, Mapping[str, Any]], scenario: Scenari
     return out
 
 
+NUMERIC_OBJECTIVES = ("niqe", "psnr_y")  # what bench_quality's probe scores
+TEXT_SOURCES = ("HighFrequencyCritic",)  # agentloss.feedback classes this suite builds (no server, no person)
+HIDDEN_METRICS = {"hf_gap": hf_gap}  # scored on the evaluation set beside NIQE and PSNR_Y, never shown
+
+
 def check_scenario(scenario: Scenario) -> None:
     """Refuse, before any training, a scenario this benchmark cannot run as it defines it."""
     why = scenario.missing()
     if why:
         raise ValueError(f"{why}; its data is defined (agentloss.tasks.scenarios) but it cannot run yet")
-    if tuple(scenario.objectives) != ("niqe", "psnr_y") or tuple(scenario.metrics) != bq.METRICS:
-        raise ValueError(f"scenario {scenario.name!r} shows {scenario.objectives} and is scored on {scenario.metrics}; "
-                         f"this benchmark builds NIQE + PSNR_Y only")
+    unknown = [*(o for o in scenario.objectives if o not in NUMERIC_OBJECTIVES),
+               *(t for t in scenario.text_sources if t not in TEXT_SOURCES),
+               *(m for m in scenario.metrics if m not in (*bq.METRICS, *HIDDEN_METRICS))]
+    if unknown:
+        raise ValueError(f"scenario {scenario.name!r} names {unknown}; this benchmark builds the objectives "
+                         f"{NUMERIC_OBJECTIVES}, the text sources {TEXT_SOURCES} and the metrics "
+                         f"{(*bq.METRICS, *HIDDEN_METRICS)}")
     from agentloss.losses import LOSS_REGISTRY, resolve_loss_name
 
     for name in scenario.initial_weights:
         if LOSS_REGISTRY[resolve_loss_name(name)].downloads:
             raise ValueError(f"scenario {scenario.name!r}: term {name!r} downloads weights; the suite runs offline")
+
+
+def scenario_objectives(scenario: Scenario, niqe_kwargs: Mapping[str, Any]):
+    """The probe objectives the scenario shows: numeric ones by name, then its text sources."""
+    import agentloss as al
+    import agentloss.feedback as feedback
+
+    def build(device: torch.device) -> list[Any]:
+        numeric = {"niqe": lambda: al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs),
+                   "psnr_y": lambda: al.PSNRObjective(device="cpu")}
+        return [*(numeric[o]() for o in scenario.objectives), *(getattr(feedback, t)() for t in scenario.text_sources)]
+    return build
+
+
+def hidden_scores(model: torch.nn.Module, pairs: Sequence[Any], restore: Any = None) -> dict[str, Any]:
+    """The hidden statistics of ``model`` on the evaluation pairs: per image and their mean (8-bit output, as scored)."""
+    was = model.training
+    model.eval()
+    per_image: dict[str, dict[str, float]] = {}
+    try:
+        with torch.no_grad():
+            for pair in pairs:
+                lq = pair.lq.unsqueeze(0).float()
+                out = (restore(model, lq) if restore is not None else model(lq)).clamp(0, 1)
+                out = torch.round(out * 255) / 255  # the 8-bit image the other metrics score
+                per_image[pair.name] = {m: fn([out[0]], [pair.gt]) for m, fn in HIDDEN_METRICS.items()}
+    finally:
+        model.train(was)
+    mean = {m: sum(v[m] for v in per_image.values()) / len(per_image) for m in HIDDEN_METRICS}
+    return {"per_image": per_image, "mean": mean}
+
+
+def add_hidden(record: dict[str, Any], hidden: Mapping[str, Any]) -> None:
+    """Merge :func:`hidden_scores` into a ``bench_quality.eval_record``."""
+    record["mean"].update(hidden["mean"])
+    for name, scores in hidden["per_image"].items():
+        record["per_image"].setdefault(name, {}).update(scores)
 
 
 def backbone_model(name: str):
@@ -143,6 +195,8 @@ def make_scenario_setup(args: argparse.Namespace, split: bq.Split, scenario: Sce
     sargs.constraints = scenario.weight_constraints()
     sargs.run_dir = str(Path(args.run_dir) / scenario.name)
     setup = bq.make_setup(sargs, split, scenario_methods(methods, scenario), niqe_kwargs)
+    if tuple(scenario.objectives) != NUMERIC_OBJECTIVES or scenario.text_sources:
+        setup = dataclasses.replace(setup, objectives=scenario_objectives(scenario, niqe_kwargs))
     if args.backbone:
         settings = {**bq.pretrain_settings(args), "net": args.backbone}
         warm = bq.warm_spec(split.train, settings, args.cache_dir or None)
@@ -150,30 +204,6 @@ def make_scenario_setup(args: argparse.Namespace, split: bq.Split, scenario: Sce
             warm = dataclasses.replace(warm, cache=Path(warm.cache).with_name(f"{args.backbone}_l1_{warm.key}.pt"))
         setup = dataclasses.replace(setup, model=backbone_model(args.backbone), warm=warm)
     return setup
-
-
-def preflight(setup: Setup) -> None:
-    """``check_setup`` for the methods without snapshot trials; the agent's own checks for those with them.
-
-    ``agentloss.tasks.preflight`` builds its test scheduler without ``SnapshotTrials``, which the
-    scheduler refuses for an agent asking for trials (so it rejects every trial method, the kept
-    design included); until it passes trials, those agents are built and checked here instead.
-    """
-    from agentloss.agents.base import check_agent
-    from agentloss.agents.factory import create_agent
-
-    seed = setup.seeds[0]
-    with_trials = [m for m in setup.methods if int(setup.agent_config(m, seed).get("trials") or 0) > 0]
-    # With an empty list it still checks the data, the network, the objectives and the final metrics.
-    check_setup(setup, [m for m in setup.methods if m not in with_trials])
-    if with_trials:
-        loss_names = list(setup.loss().names)
-        objective_names = [o.name for o in setup.objectives(torch.device("cpu"))]
-        for m in with_trials:
-            try:
-                check_agent(create_agent(setup.agent_config(m, seed)), loss_names, objective_names)
-            except ValueError as e:
-                raise ValueError(f"method {m}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,8 +427,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     niqe_kwargs = bq.niqe_kwargs_for(args)
     split = bq.build_split()
     setups = {s.name: make_scenario_setup(args, split, s, methods, niqe_kwargs) for s in args.scenario_list}
+    setups_scenario = {s.name: s for s in args.scenario_list}
     for setup in setups.values():
-        preflight(setup)  # every agent, loss and objective of every scenario is built before any training
+        check_setup(setup)  # every agent, loss and objective of every scenario is built before any training
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     settings = {k: getattr(args, k) for k in ("seeds", "first_seed", "stages", "stage_iters", "batch", "patch",
                                                 "pretrain_iters", "quick", "torch_threads", "run_dir", "eval_ema",
@@ -418,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     assert start.scores is not None
     results["start"] = {"pretrain": {**start.info, "settings": bq.pretrain_settings(args), "net": net},
                         "eval": bq.eval_record(start.scores)}
+    if any(s.hidden for s in args.scenario_list):
+        assert start.model is not None
+        add_hidden(results["start"]["eval"], hidden_scores(start.model, split.eval_pairs, first.restore))
     total = len(seeds) * len(setups) * len(methods)
     done, t0 = 0, time.perf_counter()
     for seed in seeds:  # seeds outside: a partial file holds complete pairs
@@ -426,7 +460,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 log(f"[{done + 1}/{total}] {name} / {method} / seed {seed} ...")
                 res = train_method(setup, method, seed, start.state, setup.run_dir(method, seed), say=log)
                 score_method(setup, res, log)
-                results["scenarios"][name]["methods"][method]["runs"].append(bq.run_json(res))
+                run = bq.run_json(res)
+                if setups_scenario[name].hidden:
+                    assert res.scored_model is not None
+                    add_hidden(run["eval"], hidden_scores(res.scored_model, split.eval_pairs, setup.restore))
+                    if run["eval_last"] is not None and res.model is not None:
+                        add_hidden(run["eval_last"], hidden_scores(res.model, split.eval_pairs, setup.restore))
+                    log(f"[{method} seed {seed}] hidden: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                                                                       run["eval"]["mean"].items() if k in HIDDEN_METRICS))
+                results["scenarios"][name]["methods"][method]["runs"].append(run)
                 bq.write_json(out, results)
                 done += 1
                 elapsed = time.perf_counter() - t0

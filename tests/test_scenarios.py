@@ -11,7 +11,7 @@ import torch
 import agentloss.feedback as feedback
 from agentloss.agents.guided import GuidedAgent
 from agentloss.agents.population import PopulationAgent
-from agentloss.tasks.scenarios import PAPER_START, SCENARIOS, get_scenario, high_frequency_ratio
+from agentloss.tasks.scenarios import PAPER_START, SCENARIOS, get_scenario, hf_gap
 from agentloss.types import DecisionContext, ObjectiveInfo, StageRecord
 
 
@@ -73,27 +73,33 @@ def test_mscn_off_starts_at_the_floor_because_no_agent_moves_a_zero_weight():
     assert max(w["mscn"] for w in calls[0]) > 1.5 * c.step_floor
 
 
-def test_the_hidden_statistic_reads_smoothness():
+def test_the_hidden_statistic_is_the_critics_ratio_as_a_distance():
     torch.manual_seed(0)
-    ref = torch.rand(2, 3, 32, 32)
-    assert high_frequency_ratio(ref, ref) == 1.0
-    smooth = torch.nn.functional.avg_pool2d(ref, 3, 1, 1)
+    ref = torch.rand(3, 32, 32)
+    smooth = torch.nn.functional.avg_pool2d(ref[None], 3, 1, 1)[0]
     grainy = (ref + 0.3 * torch.randn_like(ref)).clamp(0, 1)
-    assert high_frequency_ratio(smooth, ref) < 0.5 < 1.0 < high_frequency_ratio(grainy, ref)
-    assert high_frequency_ratio(ref[0], ref[0]) == 1.0  # one CHW image too
-    with pytest.raises(ValueError, match="flat"):
-        high_frequency_ratio(ref, torch.full_like(ref, 0.5))
+    ratio = feedback.high_frequency_ratio
+    assert hf_gap([ref], [ref]) == 0.0
+    assert hf_gap([smooth], [ref]) == pytest.approx(-math.log(ratio([smooth], [ref]))) and ratio([smooth], [ref]) < 1
+    assert hf_gap([grainy], [ref]) == pytest.approx(math.log(ratio([grainy], [ref]))) and ratio([grainy], [ref]) > 1
+    assert hf_gap([torch.full_like(ref, 0.5)], [ref]) == math.inf  # a flat output has no detail at all
 
 
-def test_text_goal_waits_for_its_critic(bs):
+def test_text_goal_runs_only_with_agents_that_read_text(bs, niqe_params):
     s = get_scenario("text-goal")
-    assert (s.missing() is None) == hasattr(feedback, "HighFrequencyCritic")
-    if s.missing() is not None:
-        with pytest.raises(ValueError, match="HighFrequencyCritic"):
-            bs.check_scenario(s)
-    else:
-        with pytest.raises(ValueError, match="NIQE \\+ PSNR_Y only"):
-            bs.check_scenario(s)
+    assert s.missing() is None and s.objectives == () and s.hidden == ("hf_gap",)
+    bs.check_scenario(s)
+    args = bs.parse_args(["--quick", "--scenarios", "text-goal"])
+    split = bs.bq.build_split()
+    setup = bs.make_scenario_setup(args, split, s, bs.resolve_methods(args), {"pretrained_model_path": niqe_params})
+    objectives = setup.objectives(torch.device("cpu"))
+    assert [type(o).__name__ for o in objectives] == ["HighFrequencyCritic"]
+    from agentloss.tasks.config import ConfigError
+    from agentloss.tasks.preflight import check_setup
+
+    for method in ("guided-trials60-numbers", "population"):  # they rank by scores and refuse text-only runs
+        with pytest.raises(ConfigError, match="only text"):
+            check_setup(setup, [method])
 
 
 def test_benchmark_configs_fail_before_any_work(bs, tmp_path):
@@ -109,6 +115,7 @@ def test_benchmark_configs_fail_before_any_work(bs, tmp_path):
     with_goal = bs.scenario_methods(full, get_scenario("gan-x10"))
     assert with_goal["guided-trials60-numbers"]["needs"] == get_scenario("gan-x10").needs
     assert "needs" not in with_goal["population"] and "needs" not in with_goal["fixed"]
+    assert bs.BUILTIN_METHODS["llm-paper"] == {"type": "llm", "backend": None}  # the embedded model, named explicitly
     for bad in (["--scenarios", "gan-x11"], ["--backbone", "swinir_huge"], ["--backbone", "promptir_tiny"]):
         with pytest.raises(SystemExit):
             bs.parse_args(bad)
@@ -156,3 +163,25 @@ def test_quick_run_pairs_every_method_and_merges(bs, tmp_path, niqe_params, caps
     assert json.loads(json.dumps(merged["summary"]["gan-x10"])) == json.loads(json.dumps(summary))
     with pytest.raises(ValueError, match="already in"):
         bs.merge_results([str(tmp_path / "s0.json"), str(tmp_path / "s0.json")])
+
+
+@pytest.mark.slow
+def test_text_goal_records_the_critic_and_scores_the_hidden_statistic(bs, tmp_path, niqe_params):
+    torch.set_num_threads(1)
+    results = bs.main(["--quick", "--scenarios", "text-goal", "--methods", "fixed,random", "--seeds", "1",
+                       "--stages", "2", "--stage-iters", "2", "--niqe-params", niqe_params,
+                       "--run-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+                       "--out", str(tmp_path / "text.json")])
+    assert math.isfinite(results["start"]["eval"]["mean"]["hf_gap"])
+    runs = results["scenarios"]["text-goal"]["methods"]["random"]["runs"]
+    for r in runs:
+        per = [v["hf_gap"] for v in r["eval"]["per_image"].values()]
+        assert r["eval"]["mean"]["hf_gap"] == pytest.approx(sum(per) / len(per)) and r["eval_last"]["mean"]["hf_gap"] > 0
+        assert r["stages"][0]["scores"] == {}  # the agent is shown no number
+    summary = results["summary"]["text-goal"]
+    assert summary["goal"] == "hf_gap" and summary["vs_fixed"]["random"]["goal"]["n"] == 1
+    from agentloss.records import read_records
+
+    records = read_records(tmp_path / "runs" / "text-goal" / "random" / "seed0")
+    assert all(r.texts["critic"] in (feedback.HighFrequencyCritic.SMOOTH, feedback.HighFrequencyCritic.NOISY,
+                                     feedback.HighFrequencyCritic.NATURAL) for r in records)

@@ -12,7 +12,8 @@ words (``needs``) and the objectives the agent is shown, the final evaluation me
 * ``mscn-off``: a useful term (``mscn``, L1 between the MSCN maps NIQE is built on) present but
   switched (nearly) off: it starts at the constraints' ``step_floor`` (see below);
 * ``text-goal``: the goal given only in words, the agent shown only a text critic
-  (``agentloss.feedback.HighFrequencyCritic``), judged on a statistic it never sees.
+  (``agentloss.feedback.HighFrequencyCritic``), judged on a statistic it never sees
+  (:func:`hf_gap`, the distance of the critic's high-frequency ratio from 1).
 
 Why ``mscn-off`` starts at the floor and not at 0: ``WeightConstraints`` lets a zero weight grow
 (``step_floor``: it may rise to ``step_floor × max_step`` in one stage), but no agent proposes that
@@ -47,7 +48,7 @@ import torch
 
 from ..constraints import WeightConstraints
 
-__all__ = ["PAPER_START", "SCENARIOS", "Endpoint", "Scenario", "get_scenario", "high_frequency_ratio"]
+__all__ = ["PAPER_START", "SCENARIOS", "Endpoint", "Scenario", "get_scenario", "hf_gap"]
 
 PAPER_START: Mapping[str, float] = MappingProxyType({"l1": 1.0, "fft": 0.1, "gan": 0.01})
 # The quality benchmark's limits: weights in [0, 10], at most x2 per stage, zero grows from 1e-3.
@@ -119,32 +120,24 @@ class Scenario:
                 "hidden": list(self.hidden), "requires": self.requires, "notes": self.notes}
 
 
-def high_frequency_ratio(restored: torch.Tensor, reference: torch.Tensor) -> float:
-    """The ``text-goal`` scenario's hidden statistic: high-frequency energy of ``restored`` over ``reference``'s.
+def hf_gap(restored: Sequence[torch.Tensor], references: Sequence[torch.Tensor]) -> float:
+    """The ``text-goal`` scenario's hidden statistic: ``|log high_frequency_ratio(restored, references)|``.
 
-    The mean squared response of a 3x3 Laplacian on the luma (BT.601 Y) of ``(N, 3, H, W)`` images in
-    [0, 1]; 1.0 = as much fine detail as the reference, below 1 = over-smoothed (what L1 training
-    gives), above 1 = added grain or ringing. The scenario's endpoint is ``|log ratio|``.
+    :func:`agentloss.feedback.high_frequency_ratio` is what ``HighFrequencyCritic`` puts into words
+    (1.0 = as much fine detail as the reference; below = over-smoothed, what L1 training gives;
+    above = grain or artefacts); its log distance from 1 is lower-is-better either way.
 
-    >>> x = torch.rand(1, 3, 32, 32)
-    >>> high_frequency_ratio(x, x)
-    1.0
-    >>> blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
-    >>> high_frequency_ratio(blurred, x) < 0.5
-    True
+    >>> x = torch.rand(3, 32, 32)
+    >>> y = 0.5 * x
+    >>> hf_gap([x], [x]), round(hf_gap([y], [x]), 3), round(hf_gap([x], [y]), 3)  # a quarter, or 4x, the energy
+    (0.0, 1.386, 1.386)
     """
-    def energy(img: torch.Tensor) -> torch.Tensor:
-        img = img.detach().float()
-        if img.ndim == 3:
-            img = img.unsqueeze(0)
-        y = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1)
-        k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
-        return torch.nn.functional.conv2d(y, k).pow(2).mean()
+    from ..feedback import high_frequency_ratio
 
-    ref = energy(reference)
-    if not ref > 0:
-        raise ValueError("the reference has no high-frequency content (a flat image): the ratio is undefined")
-    return float(energy(restored) / ref)
+    ratio = high_frequency_ratio(restored, references)
+    if not ratio > 0:
+        return math.inf  # a flat output: no fine detail at all
+    return abs(math.log(ratio))
 
 
 def _scenarios(entries: Sequence[Scenario]) -> Mapping[str, Scenario]:
@@ -179,8 +172,9 @@ SCENARIOS: Mapping[str, Scenario] = _scenarios([
              (), Endpoint("hf_gap", True), fidelity=Endpoint("psnr_y", lower_is_better=False),
              text_sources=("HighFrequencyCritic",), metrics=("niqe", "psnr_y", "hf_gap"), hidden=("hf_gap",),
              requires="agentloss.feedback:HighFrequencyCritic",
-             notes="hf_gap = |log high_frequency_ratio(output, reference)| per evaluation image, averaged; "
-                   "only agents that read text (type llm) can run it: guided and population refuse text-only runs"),
+             notes="hf_gap = |log agentloss.feedback.high_frequency_ratio(output, reference)| per evaluation image, "
+                   "averaged; only agents that read text (type llm) can run it: guided and population refuse "
+                   "text-only runs"),
 ])
 
 
