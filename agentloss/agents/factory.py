@@ -20,9 +20,10 @@ from .base import Agent
 from .baselines import FixedAgent, RandomAgent
 from .guided import GuidedAgent
 from .llm import LLMAgent  # light: the backend runtimes are imported only when a backend is built
+from .population import PopulationAgent
 
 AGENT_REGISTRY: dict[str, Callable[..., Agent]] = {"fixed": FixedAgent, "random": RandomAgent, "llm": LLMAgent,
-                                                   "guided": GuidedAgent}
+                                                   "guided": GuidedAgent, "population": PopulationAgent}
 
 
 def agent_options(kind: str) -> list[str]:
@@ -40,7 +41,7 @@ def agent_options(kind: str) -> list[str]:
 
 
 def create_agent(config: Mapping[str, Any] | str | None) -> Agent:
-    """Build an agent from ``{"type": "fixed" | "random" | "llm" | "guided", **options}`` (or just its type name).
+    """Build an agent from ``{"type": "fixed" | "random" | "llm" | "guided" | "population", **options}`` (or its type name).
 
     Unknown types and unknown options raise ``ValueError`` naming what is allowed.
     """
