@@ -627,6 +627,19 @@ def niqe_kwargs_for(args: argparse.Namespace) -> dict[str, Any]:
     return {"pretrained_model_path": str(DEFAULT_NIQE_PARAMS)} if DEFAULT_NIQE_PARAMS.is_file() else {}
 
 
+def add_method_runs(into: dict[str, Any], methods: Mapping[str, Any], where: str, merged_from: Sequence[str]) -> None:
+    """Add each method's runs to ``into`` (method -> ``{"runs": [...]}``), seeds in order; a seed that is
+    already there is an error (``where`` names the file and what holds the methods)."""
+    for name, m in methods.items():
+        if name not in into:
+            into[name] = m
+            continue
+        again = sorted({r["seed"] for r in into[name]["runs"]} & {r["seed"] for r in m["runs"]})
+        if again:
+            raise ValueError(f"{where} {name!r} seed(s) {again} are already in {list(merged_from)}")
+        into[name]["runs"] = sorted([*into[name]["runs"], *m["runs"]], key=lambda r: r["seed"])  # more seeds
+
+
 def merge_results(paths: Sequence[str]) -> dict[str, Any]:
     """One result set from files made with the same settings (the methods of each are added)."""
     merged: dict[str, Any] | None = None
@@ -641,16 +654,7 @@ def merge_results(paths: Sequence[str]) -> dict[str, Any]:
         diff = [k for k in keys if data["settings"].get(k) != merged["settings"].get(k)]
         if diff:
             raise ValueError(f"{path}: settings {diff} differ from {merged['merged_from'][0]}; cannot pair its runs")
-        for name, m in data["methods"].items():
-            if name not in merged["methods"]:
-                merged["methods"][name] = m
-                continue
-            have = {r["seed"] for r in merged["methods"][name]["runs"]}
-            again = sorted(have & {r["seed"] for r in m["runs"]})
-            if again:
-                raise ValueError(f"{path}: method {name!r} seed(s) {again} are already in {merged['merged_from']}")
-            merged["methods"][name]["runs"] = sorted([*merged["methods"][name]["runs"], *m["runs"]],
-                                                     key=lambda r: r["seed"])  # more seeds of the same method
+        add_method_runs(merged["methods"], data["methods"], f"{path}: method", merged["merged_from"])
         merged["merged_from"].append(str(path))
     if merged is None:
         raise ValueError("nothing to merge")

@@ -391,15 +391,8 @@ def merge_results(paths: Sequence[str]) -> dict[str, Any]:
             mine = merged["scenarios"].setdefault(name, {"scenario": sc["scenario"], "methods": {}})
             if mine["scenario"] != sc["scenario"]:
                 raise ValueError(f"{path}: scenario {name!r} is defined differently from {merged['merged_from'][0]}")
-            for method, m in sc["methods"].items():
-                if method not in mine["methods"]:
-                    mine["methods"][method] = m
-                    continue
-                again = sorted({r["seed"] for r in mine["methods"][method]["runs"]} & {r["seed"] for r in m["runs"]})
-                if again:
-                    raise ValueError(f"{path}: {name}/{method} seed(s) {again} are already in {merged['merged_from']}")
-                mine["methods"][method]["runs"] = sorted([*mine["methods"][method]["runs"], *m["runs"]],
-                                                         key=lambda r: r["seed"])
+            bq.add_method_runs(mine["methods"], sc["methods"], f"{path}: scenario {name!r}, method",
+                               merged["merged_from"])
         merged["merged_from"].append(str(path))
     if merged is None:
         raise ValueError("nothing to merge")
