@@ -62,33 +62,39 @@ class Effects:
         return float(math.sqrt(max(0.0, float(x @ self.cov @ x)) + self.residual_sd ** 2))
 
 
-def _log(w: float) -> float:
-    return math.log(max(w, 1e-12))
+def _log(w: float, floor: float = 1e-12) -> float:
+    return math.log(w) if w > 0 else math.log(floor)  # "off" sits at the floor; small positive weights keep theirs
 
 
-def stage_changes(history: Sequence[StageRecord], objective: str, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[d log w_i ...]`` and score changes for stages k >= 1 with both scores known."""
+def stage_changes(history: Sequence[StageRecord], objective: str, names: Sequence[str],
+                  floor: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[d log w_i ...]`` and score changes for stages k >= 1 with both scores known.
+
+    A weight of 0 counts as ``floor``: with the constraints' ``step_floor`` there, a term switched on from
+    0 is one ordinary step (0 -> floor x step), not an infinite change of its log.
+    """
     xs, ys = [], []
     for prev, cur in pairwise(history):
         a, b = prev.scores.get(objective), cur.scores.get(objective)
         if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
             continue
         # cur.weights trained stage k; prev.weights trained stage k-1 (for S0: the initial weights).
-        xs.append([_log(cur.weights.get(n, 0.0)) - _log(prev.weights.get(n, 0.0)) for n in names])
+        xs.append([_log(cur.weights.get(n, 0.0), floor) - _log(prev.weights.get(n, 0.0), floor) for n in names])
         ys.append(b - a)
     return np.array(xs, dtype=float).reshape(len(xs), len(names)), np.array(ys, dtype=float)
 
 
 def estimate_effects(history: Sequence[StageRecord], objective: str, names: Sequence[str], ridge: float = 0.5,
-                     noise_floor: float = 0.0) -> Effects:
+                     noise_floor: float = 0.0, weight_floor: float = 1e-12) -> Effects:
     """Fit drift and slopes for ``objective`` over ``history`` (see the module docstring).
 
     ``ridge`` penalises the slopes (not the drift) so that a weight never moved has slope 0 with a
     wide error instead of an arbitrary value; ``noise_floor`` is the smallest residual standard
-    deviation assumed (stage-to-stage noise the history may be too short to show).
+    deviation assumed (stage-to-stage noise the history may be too short to show); ``weight_floor``:
+    see :func:`stage_changes`.
     """
     names = list(names)
-    X, y = stage_changes(history, objective, names)
+    X, y = stage_changes(history, objective, names, weight_floor)
     n, p = len(y), len(names)
     if n == 0:
         inf = float("inf")

@@ -16,7 +16,9 @@ Choices, the same as the guided agent's where it has one:
   (or ``guards``; ``{}`` switches the guard off);
 * **tunable weights**: :meth:`GuidedProposer.tunable` — every non-zero weight except the largest
   initial one (the anchor that sets the loss scale; scaling every weight together is, under Adam,
-  almost no change) — or ``tune``. Zero weights stay zero: no factor moves them;
+  almost no change) — or ``tune``. A term that is off (weight 0) counts as sitting at the
+  constraints' ``step_floor``: a factor above 1 switches it on at ``step_floor x factor``, one below
+  leaves it off (so about half the candidates try it);
 * **fidelity guard**: a candidate whose trial ends beyond a guard's floor, and worse on that guard
   than "keep" in the same trial, is not chosen (so while a floor is broken, only candidates that
   mend it may win);
@@ -103,12 +105,16 @@ class PopulationAgent(BaseAgent):
         tune = self.proposer.tunable(ctx)
         span = math.log(ctx.constraints.effective_step(self.step))
         factors = self._rng.uniform(-span, span, size=(self.trials, len(tune)))
+        floor = ctx.constraints.step_floor
         out = []
         for row in factors:
             w = dict(cur)
             for name, f in zip(tune, row):
                 lo, hi = ctx.constraints.allowed_range(name, cur[name])
-                w[name] = min(max(cur[name] * math.exp(float(f)), lo), hi)
+                if cur[name] > 0:
+                    w[name] = min(max(cur[name] * math.exp(float(f)), lo), hi)
+                elif f > 0:  # a term that is off sits at the floor: a factor above 1 switches it on
+                    w[name] = min(max(floor * math.exp(float(f)), lo), hi)
             out.append(w)
         return out
 
@@ -183,7 +189,9 @@ class PopulationAgent(BaseAgent):
     def _moves(cur: Mapping[str, float], new: Mapping[str, float]) -> str:
         parts = []
         for k, v in new.items():
-            if cur[k] > 0 and abs(math.log(v / cur[k])) > 1e-9:
+            if cur[k] == 0 and v > 0:
+                parts.append(f"{k} on at {v:.3g}")
+            elif cur[k] > 0 and abs(math.log(v / cur[k])) > 1e-9:
                 f = v / cur[k]
                 parts.append(f"{k} x{f:.3g}" if f >= 1 else f"{k} /{1 / f:.3g}")
         return ", ".join(parts) or "no change"

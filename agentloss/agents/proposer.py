@@ -41,7 +41,7 @@ from ..losses.registry import loss_spec
 from ..types import DecisionContext, ObjectiveInfo, StageRecord
 from .effects import Effects, estimate_effects
 
-__all__ = ["Candidate", "GuidedProposer", "Options", "is_fidelity_metric"]
+__all__ = ["Candidate", "GuidedProposer", "Options", "is_fidelity_metric", "switch_on_value"]
 
 _FIDELITY_METRICS = ("psnr", "ssim", "ms_ssim", "psnr_y", "ssim_y")
 
@@ -68,6 +68,13 @@ def _finite(x: Any) -> bool:
 def is_fidelity_metric(name: str) -> bool:
     """Whether an objective measures pixel fidelity to the reference (PSNR/SSIM and their variants)."""
     return name.lower() in _FIDELITY_METRICS or name.lower().startswith(("psnr", "ssim"))
+
+
+def switch_on_value(ctx: DecisionContext, name: str, step: float) -> float:
+    """What a term that is off (weight 0) is switched on at: one ``step`` above the constraints'
+    ``step_floor``, as far as its bounds and the move limit allow (0: it may not be switched on)."""
+    lo, hi = ctx.constraints.allowed_range(name, 0.0)
+    return max(lo, min(ctx.constraints.step_floor * ctx.constraints.effective_step(step), hi))
 
 
 def _changes(history: list[StageRecord], name: str) -> int:
@@ -156,10 +163,14 @@ class GuidedProposer:
         return primary, guards
 
     def tunable(self, ctx: DecisionContext) -> list[str]:
+        """The weights that may move: ``tune``, or every term but the anchor (the largest initial weight)
+        that is on or may be switched on (a zero weight the constraints let rise; pin a term off with
+        per-loss bounds ``(0, 0)``)."""
         if self.tune is not None:
             return [n for n in self.tune if n in ctx.current_weights]
         anchor = max(ctx.initial_weights, key=lambda n: ctx.initial_weights[n])
-        return [n for n in ctx.loss_names if n != anchor and ctx.current_weights.get(n, 0.0) > 0]
+        return [n for n in ctx.loss_names if n != anchor
+                and (ctx.current_weights.get(n, 0.0) > 0 or switch_on_value(ctx, n, self.step) > 0)]
 
     def _noise(self, history: list[StageRecord], name: str, eff: Effects, budget: float | None) -> float:
         """Stage-to-stage noise assumed for an objective: at least a quarter of a guard's budget, or
@@ -211,19 +222,23 @@ class GuidedProposer:
         step = ctx.constraints.effective_step(self.step)
         ls = math.log(step)
         names = [primary.name, *guards]
-        effects = {n: estimate_effects(history, n, tune, ridge=0.5, noise_floor=0.0) for n in names}
+        floor = ctx.constraints.step_floor
+        effects = {n: estimate_effects(history, n, tune, ridge=0.5, noise_floor=0.0, weight_floor=floor) for n in names}
         noise = {n: self._noise(history, n, effects[n], guards.get(n)) for n in names}
         infos = {o.name: o for o in ctx.objectives}
-        moves: list[tuple[str, dict[str, float]]] = [("keep the current weights", {})]
+        moves: list[tuple[str, dict[str, float], dict[str, float]]] = [("keep the current weights", {}, {})]
         for t in tune:
-            moves.append((f"raise {t} x{step:.3g}", {t: ls}))
-            moves.append((f"lower {t} /{step:.3g}", {t: -ls}))
+            if cur.get(t, 0.0) > 0:
+                moves.append((f"raise {t} x{step:.3g}", {t: ls}, {t: cur[t] * step}))
+                moves.append((f"lower {t} /{step:.3g}", {t: -ls}, {t: cur[t] / step}))
+            elif (on := switch_on_value(ctx, t, self.step)) > 0:  # off: the one move is on, from the floor
+                moves.append((f"switch on {t} at {on:.3g}", {t: math.log(on / floor)}, {t: on}))
         guard_state = self._guard_state(history, guards, infos)
         broken = any(v["broken"] for v in guard_state.values())
         tried = {t: _changes(history, t) for t in tune}
         out: list[Candidate] = []
-        for action, dx in moves:
-            c = Candidate("", action, {k: (v * math.exp(dx[k]) if k in dx else v) for k, v in cur.items()}, dict(dx))
+        for action, dx, new_w in moves:
+            c = Candidate("", action, {**cur, **new_w}, dict(dx))
             for n in names:
                 c.predicted[n], c.uncertainty[n] = self._predict(effects[n], dx, n in guards, infos[n], noise[n],
                                                                  tried, len(tune), ls)

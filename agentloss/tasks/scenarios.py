@@ -11,16 +11,17 @@ words (``needs``) and the objectives the agent is shown, the final evaluation me
 * ``gan-div10-fft-x10``: GAN ÷10 and FFT ×10, mis-set the other way;
 * ``mscn-off``: a useful term (``mscn``, L1 between the MSCN maps NIQE is built on) present but
   switched (nearly) off: it starts at the constraints' ``step_floor`` (see below);
+* ``mscn-zero``: the same term listed at weight 0 (switched off); the guided and population agents
+  may switch a zero weight on at ``step_floor x max_step`` (``agentloss.agents.proposer.switch_on_value``),
+  and this scenario's ``step_floor`` (0.01) puts that at 0.02;
 * ``text-goal``: the goal given only in words, the agent shown only a text critic
   (``agentloss.feedback.HighFrequencyCritic``), judged on a statistic it never sees
   (:func:`hf_gap`, the distance of the critic's high-frequency ratio from 1).
 
-Why ``mscn-off`` starts at the floor and not at 0: ``WeightConstraints`` lets a zero weight grow
-(``step_floor``: it may rise to ``step_floor × max_step`` in one stage), but no agent proposes that
-— the guided proposer tunes only non-zero weights and moves them by factors, the random and
-population agents multiply, and a factor of 0 stays 0. So at 0 the scenario would test nothing.
-At ``step_floor`` (1e-3, two orders below the 0.1 where MSCN helped in the scan) a ×2 move per
-stage can reach 0.128 by the last decision.
+Why ``mscn-off`` starts at the floor and not at 0: it was defined (and run) before the guided and
+population agents could switch a term on; at the default ``step_floor`` (1e-3, two orders below the
+0.1 where MSCN helped in the scan) a ×2 move per stage can reach 0.128 by the last decision.
+``mscn-zero`` is the same question with the term truly off.
 
 Example:
     >>> s = get_scenario("gan-x10")
@@ -53,6 +54,7 @@ __all__ = ["PAPER_START", "SCENARIOS", "Endpoint", "Scenario", "get_scenario", "
 PAPER_START: Mapping[str, float] = MappingProxyType({"l1": 1.0, "fft": 0.1, "gan": 0.01})
 # The quality benchmark's limits: weights in [0, 10], at most x2 per stage, zero grows from 1e-3.
 BASE_CONSTRAINTS: Mapping[str, Any] = MappingProxyType({"max_weight": 10.0, "max_step": 2.0, "step_floor": 1e-3})
+MSCN_ZERO_FLOOR = 0.01  # mscn-zero's step_floor: switched on at 0.02, two orders above the default's 0.002
 NIQE_GOAL = "Lower NIQE (more natural-looking images) while losing at most 0.2 dB PSNR_Y."
 
 
@@ -165,6 +167,11 @@ SCENARIOS: Mapping[str, Scenario] = _scenarios([
              Endpoint("niqe", True),
              notes="mscn scan (seeds 40-41, replacing FFT): mscn 0.03-1.0 lowered NIQE 1.3-1.7 % at -0.06 to -0.36 dB; "
                    "at weight 0 no agent could switch it on (multiplicative moves), hence the floor"),
+    Scenario("mscn-zero", "a useful term (mscn) listed at weight 0: agents may switch it on from the constraints' floor",
+             {**PAPER_START, "mscn": 0.0}, NIQE_GOAL, ("niqe", "psnr_y"), Endpoint("niqe", True),
+             constraints={**BASE_CONSTRAINTS, "step_floor": MSCN_ZERO_FLOOR},
+             notes="step_floor 0.01: a term that is off may be switched on at 0.02 (floor x max_step), then move x2 "
+                   "a stage (0.04, 0.08, ...) into the range where the mscn scan found it useful (0.03-1.0)"),
     Scenario("text-goal", "the goal only in words; the agent sees a text critic, never the statistic it is judged on",
              PAPER_START,
              "The restored images look too smooth and plasticky: bring back fine texture and sharp detail, as "
