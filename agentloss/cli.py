@@ -112,11 +112,17 @@ def _task_config(args: argparse.Namespace) -> RunConfig:
         backend = {"type": "llama_cpp", "model_path": args.gguf, **({"n_threads": args.threads} if args.threads else {})}
     elif args.openai_url:
         backend = {"type": "openai", "base_url": args.openai_url, "model": args.openai_model}
-    if backend is not None:
-        import json
+    cfg = load_config(args.config, overrides)
+    if backend is None:
+        return cfg
+    # The model serves every agent that uses one: ``agent`` and each of ``agents``; "backend: none" stays numbers only.
+    from .agents.factory import agent_options
 
-        overrides.append(f"agent.backend={json.dumps(backend)}")
-    return load_config(args.config, overrides)
+    data = cfg.model_dump(mode="json")
+    for agent in [data["agent"], *data["agents"].values()]:
+        if "backend" in agent_options(agent["type"]) and agent.get("backend") != "none":
+            agent["backend"] = dict(backend)
+    return load_config(data)
 
 
 def _checked(cfg: RunConfig, methods: Sequence[str]) -> int:

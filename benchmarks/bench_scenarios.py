@@ -245,19 +245,29 @@ def paired(results: Mapping[str, Any], scenario: str, method: str, baseline: str
     return {**dataclasses.asdict(s), "seeds": seeds}
 
 
-def summarize(results: Mapping[str, Any], kept: str = KEPT, population: str = POPULATION) -> dict[str, Any]:
-    """Per scenario: per-method means, paired differences vs Fixed, kept vs population, endpoint verdicts."""
+def switched_on(sc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """For each term that starts at 0: in how many runs an agent switched it on, and its final weights."""
+    off = [k for k, w in sc["scenario"]["initial_weights"].items() if w == 0]
+    return {k: {"runs_on": sum(any(st["weights"].get(k, 0.0) > 0 for st in r["stages"]) for r in runs),
+                "runs": len(runs), "final": [r["final_weights"].get(k, 0.0) for r in runs]} for k in off}
+
+
+def summarize(results: Mapping[str, Any], kept: str = KEPT, population: str = POPULATION,
+              compare: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Per scenario: per-method means, paired differences vs Fixed, kept vs population (and each ``compare``
+    pair ``(a, b)``: ``a - b``), endpoint verdicts for ``kept``, and which off terms agents switched on."""
     out: dict[str, Any] = {}
     for name, sc in results["scenarios"].items():
         goal, lower = sc["scenario"]["primary"]["metric"], sc["scenario"]["primary"]["lower_is_better"]
-        entry: dict[str, Any] = {"goal": goal, "methods": {}, "vs_fixed": {}, "kept_vs_population": None}
+        entry: dict[str, Any] = {"goal": goal, "methods": {}, "vs_fixed": {}, "kept_vs_population": None,
+                                 "pairs": []}
         for method, data in sc["methods"].items():
             runs = data["runs"]
             entry["methods"][method] = {
                 "seeds": [r["seed"] for r in runs],
                 **{m: dict(zip(("mean", "std", "n"), mean_std([r["eval"]["mean"][m] for r in runs])))
                    for m in dict.fromkeys([goal, "psnr_y"])},
-                "wall_s": sum(r["wall_s"] for r in runs)}
+                "wall_s": sum(r["wall_s"] for r in runs), "switched_on": switched_on(sc, runs)}
             if method != "fixed":
                 g = paired(results, name, method, "fixed", goal, lower)
                 if g is not None:
@@ -266,6 +276,11 @@ def summarize(results: Mapping[str, Any], kept: str = KEPT, population: str = PO
             g = paired(results, name, kept, population, goal, lower)
             if g is not None:
                 entry["kept_vs_population"] = {"goal": g, "psnr_y": paired(results, name, kept, population, "psnr_y", False)}
+        for a, b in compare:
+            if a in sc["methods"] and b in sc["methods"]:
+                g = paired(results, name, a, b, goal, lower)
+                if g is not None:
+                    entry["pairs"].append({"a": a, "b": b, "goal": g, "psnr_y": paired(results, name, a, b, "psnr_y", False)})
         entry["endpoints"] = endpoints(entry, kept)
         out[name] = entry
     return out
@@ -303,7 +318,7 @@ def _pm(e: Mapping[str, Any]) -> str:
     return f"{e['mean']:.3f} ± {e['std']:.3f}" if finite(e["std"]) else f"{e['mean']:.3f} (1 seed)"
 
 
-def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], kept: str = KEPT,
+def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], kept: str = KEPT,  # noqa: C901
                   population: str = POPULATION) -> str:
     """Markdown tables, one section per scenario."""
     lines: list[str] = []
@@ -323,11 +338,16 @@ def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], kept: 
             lines.append(f"| {method} | {len(m['seeds'])} | {_pm(m[goal])} | {_pm(m['psnr_y'])} | "
                          f"{_ci(v['goal']) if v else '—'} | {_p(v['goal']) if v else '—'} | "
                          f"{_ci(v['psnr_y']) if v else '—'} | {_p(v['psnr_y']) if v else '—'} | {per_run:.0f} |")
-        kp = e["kept_vs_population"]
-        if kp is not None:
-            lines += ["", f"{kept} − {population} (paired, n = {kp['goal']['n']}): Δ{goal} {_ci(kp['goal'])} "
-                          f"(p {_p(kp['goal'])}, {kp['goal']['verdict']}); ΔPSNR_Y {_ci(kp['psnr_y'])} dB "
-                          f"(p {_p(kp['psnr_y'])}, {kp['psnr_y']['verdict']})."]
+        pairs = [{"a": kept, "b": population, **e["kept_vs_population"]}] if e["kept_vs_population"] else []
+        for pr in [*pairs, *e.get("pairs", [])]:
+            lines += ["", f"{pr['a']} − {pr['b']} (paired, n = {pr['goal']['n']}): Δ{goal} {_ci(pr['goal'])} "
+                          f"(p {_p(pr['goal'])}, {pr['goal']['verdict']}); ΔPSNR_Y {_ci(pr['psnr_y'])} dB "
+                          f"(p {_p(pr['psnr_y'])}, {pr['psnr_y']['verdict']})."]
+        for method, m in e["methods"].items():
+            for term, on in m.get("switched_on", {}).items():
+                if method != "fixed":
+                    lines += ["", f"{method} switched {term} on (from 0) in {on['runs_on']} of {on['runs']} runs; "
+                                  f"final {term} weights: " + ", ".join(f"{w:.3g}" for w in on["final"]) + "."]
         ep = e["endpoints"]
         if ep is not None:
             met = ("met (goal better)" if ep["goal_better"] else "met (PSNR_Y better at equal goal)"
@@ -367,6 +387,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--backbone", default=None, help="a registered backbone instead of SmallSR (e.g. swinir_light_tiny)")
     ap.add_argument("--kept", default=KEPT, help="the method tested against Fixed and the population baseline")
     ap.add_argument("--population", default=POPULATION, help="the equal-compute baseline")
+    ap.add_argument("--compare", action="append", default=[], metavar="A:B",
+                    help="also report the paired difference A - B of two methods (repeatable)")
     ap.add_argument("--out", default="benchmarks/results/scenarios.json")
     ap.add_argument("--run-dir", default="runs/bench_scenarios", help="records go to RUN_DIR/<scenario>/<method>/seed<k>")
     ap.add_argument("--niqe-params", default=None)
@@ -391,6 +413,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error(str(e.args[0]))
     if not args.scenario_list:
         ap.error("--scenarios: name at least one")
+    pairs = [tuple(c.split(":")) for c in args.compare]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        ap.error("--compare takes A:B, two method names")
+    args.compare_pairs = pairs
     return args
 
 
@@ -427,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     if args.merge:
         results = merge_results(args.merge)
-        results["summary"] = summarize(results, args.kept, args.population)
+        results["summary"] = summarize(results, args.kept, args.population, args.compare_pairs)
         bq.write_json(out, results)
         log(format_report(results, results["summary"], args.kept, args.population))
         log(f"\nresults: {out}")
@@ -487,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 elapsed = time.perf_counter() - t0
                 log(f"[{done}/{total}] {name} / {method} / seed {seed}: {res.wall_s:.0f} s; "
                     f"{elapsed / 60:.1f} min so far, about {elapsed / done * (total - done) / 60:.0f} min left")
-    results["summary"] = summarize(results, args.kept, args.population)
+    results["summary"] = summarize(results, args.kept, args.population, args.compare_pairs)
     bq.write_json(out, results)
     log(format_report(results, results["summary"], args.kept, args.population))
     log(f"\nresults: {out}; stage records: {args.run_dir}/<scenario>/<method>/seed<k>/")

@@ -143,7 +143,7 @@ def _command(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_config_fuzz_through_the_command(tmp_path):
-    demo = yaml.safe_load((ROOT / "examples/configs/demo.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "examples/configs/swinir_piqe.yaml").read_text())
     base = {**demo, "agent": {"type": "fixed"}}  # the demo's embedded model may be absent: not what is tested
     jobs = []
     for i, (path, value) in enumerate(MUTATIONS):

@@ -125,10 +125,13 @@ def test_candidates_stay_within_bounds_and_the_move_limit():
             assert lo <= v <= hi
     assert max(w["gan"] for w in cands) == 0.012 and min(w["fft"] for w in cands) == 0.09  # clipped, not dropped
     assert min(w["gan"] for w in cands) < 0.01 / 1.4 and max(w["fft"] for w in cands) > 0.1 * 1.4
-    # Zero weights stay zero (no factor moves them), and the scheduler's own bound check accepts every candidate.
+    # A zero weight sits at the floor: switched on (at most floor x max_step) or left off, never in between.
     fake = FakeTrials(niqe=lambda w: 6.0)
-    PopulationAgent(trials=5).propose(context(fake, current={"l1": 1.0, "fft": 0.0, "gan": 0.01}))
-    assert all(w["fft"] == 0.0 for w in fake.calls[0][0])
+    PopulationAgent(trials=8).propose(context(fake, current={"l1": 1.0, "fft": 0.0, "gan": 0.01}))
+    fft = [w["fft"] for w in fake.calls[0][0][1:]]
+    floor = WeightConstraints().step_floor
+    assert any(v == 0.0 for v in fft) and any(v > 0.0 for v in fft)
+    assert all(v == 0.0 or floor < v <= 2 * floor for v in fft)
 
 
 def test_without_trials_it_keeps_and_says_why_and_bad_configs_fail_early():

@@ -11,6 +11,7 @@ import torch
 import agentloss.feedback as feedback
 from agentloss.agents.guided import GuidedAgent
 from agentloss.agents.population import PopulationAgent
+from agentloss.constraints import WeightConstraints
 from agentloss.tasks.scenarios import PAPER_START, SCENARIOS, get_scenario, hf_gap
 from agentloss.types import DecisionContext, ObjectiveInfo, StageRecord
 
@@ -46,31 +47,70 @@ def _ctx(weights, stage_floor_scores=None):
                            get_scenario("mscn-off").weight_constraints(), 1, 8, 125)
 
 
-def test_mscn_off_starts_at_the_floor_because_no_agent_moves_a_zero_weight():
-    start = dict(get_scenario("mscn-off").initial_weights)
-    c = get_scenario("mscn-off").weight_constraints()
-    assert start["mscn"] == c.step_floor
-    # The constraints would let a zero weight grow (to step_floor x max_step) ...
+def test_agents_switch_a_zero_weight_on_from_the_floor_unless_its_bounds_pin_it_off():
+    s = get_scenario("mscn-zero")
+    start = dict(s.initial_weights)
+    c = s.weight_constraints()
+    assert start["mscn"] == 0.0 and c.step_floor == 0.01
     assert c.allowed_range("mscn", 0.0) == (0.0, c.step_floor * c.max_step)
-    # ... but no agent proposes it: the guided proposer tunes only non-zero weights, the population
-    # agent multiplies, and a factor of 0 stays 0.
-    at_zero = {**start, "mscn": 0.0}
-    guided = GuidedAgent(backend="none", step=2.0)  # the kept design's step
-    assert "mscn" not in guided.proposer.tunable(_ctx(at_zero))
-    assert all("mscn" not in c.action for c in guided.candidates(_ctx(at_zero))[0])
-    calls = []
-    ctx = _ctx(at_zero)
-    ctx.trial = lambda ws, steps: calls.append(ws) or [{"niqe": 6.0, "psnr_y": 30.0} for _ in ws]
-    PopulationAgent(trials=8).propose(ctx)
-    assert all(w["mscn"] == 0.0 for w in calls[0])
-    # At the floor both can switch it on, x2 a stage.
-    actions = [c.action for c in guided.candidates(_ctx(start))[0]]
-    assert "raise mscn x2" in actions
     ctx = _ctx(start)
+    ctx.constraints = c
+    guided = GuidedAgent(backend="none", step=2.0)  # the kept design's step
+    assert "mscn" in guided.proposer.tunable(ctx)
+    moves = {m.action: m for m in guided.candidates(ctx)[0]}
+    on = moves["switch on mscn at 0.02"]
+    assert on.weights == {**start, "mscn": 0.02} and on.vetoed is None
+    assert on.log_change == {"mscn": pytest.approx(math.log(2.0))}  # one ordinary step from the floor
+    assert not any(a.startswith(("raise mscn", "lower mscn")) for a in moves)  # off: no factor move
+    calls = []
+    ctx.trial = lambda ws, steps: calls.append(ws) or [{"niqe": 6.0 - w["mscn"], "psnr_y": 30.0} for w in ws]
+    d = PopulationAgent(trials=8, seed=0).propose(ctx)
+    switched = [w["mscn"] for w in calls[0][1:] if w["mscn"] > 0]
+    assert 0 < len(switched) < 8  # a factor above 1 switches it on, below leaves it off
+    assert all(c.step_floor < v <= c.step_floor * c.max_step for v in switched)
+    assert d.weights["mscn"] == max(switched) and "mscn on at" in d.action
+    # Pinned off by its bounds: neither agent touches it.
+    pinned = WeightConstraints(max_weight=10.0, max_step=2.0, step_floor=0.01, per_loss={"mscn": (0.0, 0.0)})
+    ctx = _ctx(start)
+    ctx.constraints = pinned
+    assert "mscn" not in guided.proposer.tunable(ctx)
     calls.clear()
     ctx.trial = lambda ws, steps: calls.append(ws) or [{"niqe": 6.0, "psnr_y": 30.0} for _ in ws]
     PopulationAgent(trials=8).propose(ctx)
-    assert max(w["mscn"] for w in calls[0]) > 1.5 * c.step_floor
+    assert all(w["mscn"] == 0.0 for w in calls[0])
+
+
+def test_switching_on_is_fitted_as_one_step_from_the_floor():
+    from agentloss.agents.effects import estimate_effects
+
+    # mscn off for two stages, then on at 0.02 (floor 0.01): NIQE drops 0.3 beyond the drift of -0.05.
+    w = [0.0, 0.0, 0.0, 0.02, 0.02, 0.04]
+    niqe = [6.0, 5.95, 5.90, 5.55, 5.50, 5.15]  # doubling again (0.02 -> 0.04): the same -0.3
+    hist = [StageRecord(k, k, {"l1": 1.0, "mscn": m}, {"niqe": v}) for k, (m, v) in enumerate(zip(w, niqe))]
+    eff = estimate_effects(hist, "niqe", ["mscn"], ridge=0.0, weight_floor=0.01)
+    assert eff.slopes["mscn"] == pytest.approx(-0.3 / math.log(2), rel=1e-6) and eff.drift == pytest.approx(-0.05)
+    # Without the floor, off would be log(1e-12): the switch-on looks like a 22-e-fold change.
+    assert abs(estimate_effects(hist, "niqe", ["mscn"], ridge=0.0).slopes["mscn"]) < 0.05
+
+
+def test_the_numbers_only_proxy_sees_numbers_in_the_text_goal(bs, niqe_params):
+    args = bs.parse_args(["--quick", "--scenarios", "text-goal", "--methods",
+                          "fixed,guided-trials60-numbers-proxy"])
+    methods = bs.resolve_methods(args)
+    assert methods["guided-trials60-numbers-proxy"]["probe"] == ["niqe", "psnr_y"]
+    assert "probe" not in bs.scenario_methods(methods, get_scenario("text-goal"))["guided-trials60-numbers-proxy"]
+    split = bs.bq.build_split()
+    setup = bs.make_scenario_setup(args, split, get_scenario("text-goal"), methods,
+                                   {"pretrained_model_path": niqe_params})
+    per = bs.method_setups(setup, methods, {"pretrained_model_path": niqe_params})
+    assert per["fixed"] is setup
+    names = [getattr(o, "name", "") for o in per["guided-trials60-numbers-proxy"].objectives(torch.device("cpu"))]
+    assert names == ["niqe", "psnr_y"]
+    from agentloss.tasks.preflight import check_setup
+
+    check_setup(per["guided-trials60-numbers-proxy"], ["guided-trials60-numbers-proxy"])  # no "only text" refusal
+    with pytest.raises(ValueError, match="probe"):
+        bs.resolve_methods(bs.parse_args(["--methods", "x", "--method", 'x={"type": "fixed", "probe": ["lpips"]}']))
 
 
 def test_the_hidden_statistic_is_the_critics_ratio_as_a_distance():

@@ -179,6 +179,35 @@ def test_same_start_same_stream_for_every_method(tmp_path):
     assert comp.results["fixed"].history[-1].weights != comp.results["random"].history[-1].weights
 
 
+def test_named_agents_join_the_comparison_and_bad_names_fail_early(tmp_path):
+    cfg = load_config(tiny(tmp_path, agent={"type": "guided", "backend": "none"},
+                           agents={"paper": {"type": "llm"}, "rand2": {"type": "random", "max_factor": 2.0}},
+                           compare=["fixed", "agent", "paper", "rand2"]))
+    from agentloss.tasks.runner import agent_config
+
+    assert agent_config(cfg, "paper")["type"] == "llm" and agent_config(cfg, "agent")["type"] == "guided"
+    assert agent_config(cfg, "rand2", seed=7) == {"type": "random", "max_factor": 2.0, "seed": 7}
+    for bad, msg in (({"compare": ["fixed", "paper"]}, "compare"),  # not defined
+                     ({"agents": {"fixed": {"type": "llm"}}}, "cannot name"),
+                     ({"agents": {"p": {"type": "llm", "colour": 1}}, "compare": ["p"]}, "agents.p"),
+                     ({"compare": ["fixed", "fixed"]}, "distinct")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(tiny(tmp_path, **bad))
+
+
+def test_a_model_from_the_command_line_serves_every_agent_that_uses_one(tmp_path):
+    from agentloss.cli import _task_config, build_parser
+
+    f = tmp_path / "c.yaml"
+    f.write_text(json.dumps(tiny(tmp_path, agent={"type": "guided", "backend": "none"},
+                                 agents={"paper": {"type": "llm"}, "guided": {"type": "guided"}},
+                                 compare=["fixed", "agent", "paper", "guided"])))
+    cfg = _task_config(build_parser().parse_args(["compare", str(f), "--gguf", "m.gguf"]))
+    want = {"type": "llama_cpp", "model_path": "m.gguf"}
+    assert cfg.agents["paper"]["backend"] == want and cfg.agents["guided"]["backend"] == want
+    assert cfg.agent["backend"] == "none"  # numbers only, by the config's choice
+
+
 def test_cli_config_error_exit_code_and_message(tmp_path, capsys):
     f = tmp_path / "c.yaml"
     f.write_text("task: cisr\nbackbone: {name: swinr}\n")

@@ -260,6 +260,9 @@ class TrainConfig(_Strict):
         return -(-self.total_iters // self.stage_length)
 
 
+BUILTIN_METHODS = ("fixed", "random", "agent")  # compare's own names; agents: adds more
+
+
 class RunConfig(_Strict):
     """A whole run (see the module docstring); ``agent`` is an ``agentloss.create_agent`` config."""
 
@@ -282,6 +285,8 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    # More agents for ``compare``, by name (each validated like ``agent``): e.g. the paper's prompt beside a guided agent.
+    agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     compare: list[str] = Field(default_factory=lambda: ["fixed", "random", "agent"])
 
     @field_validator("device")
@@ -321,6 +326,19 @@ class RunConfig(_Strict):
             raise ValueError("weights must be non-negative and not all zero")
         return v
 
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, cfg in v.items():
+            if name in BUILTIN_METHODS or name == "start" or not name.replace("-", "_").isidentifier():
+                raise ValueError(f"agents: {name!r} cannot name an agent (not fixed, random, agent or start; letters, "
+                                 "digits, - and _)")
+            try:
+                cls._agent(cfg)
+            except ValueError as e:
+                raise ValueError(f"agents.{name}: {e}") from None
+        return v
+
     @field_validator("agent")
     @classmethod
     def _agent(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -353,13 +371,14 @@ class RunConfig(_Strict):
                              f"the objectives'; {', '.join(twice)} used twice")
         return self
 
-    @field_validator("compare")
-    @classmethod
-    def _methods(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in ("fixed", "random", "agent")]
-        if bad or not v:
-            raise ValueError(f"methods must be among fixed, random, agent; got {v}")
-        return v
+    @model_validator(mode="after")
+    def _methods(self) -> RunConfig:
+        known = [*BUILTIN_METHODS, *self.agents]
+        bad = [m for m in self.compare if m not in known]
+        if bad or not self.compare or len(set(self.compare)) != len(self.compare):
+            raise ValueError(f"compare: methods must be distinct, among {', '.join(known)} (agents: adds more); "
+                             f"got {self.compare}")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -166,8 +166,9 @@ class Comparison:
                     if all(m in e.get(s, {}) for e in runs)} for s in sets}
 
 
-def _fmt(scores: Mapping[str, float | None]) -> str:
-    return " ".join(f"{k}={v:.3f}" if v is not None and not math.isnan(v) else f"{k}=n/a" for k, v in scores.items())
+def _fmt(scores: Mapping[str, float | None], texts: Mapping[str, str] | None = None) -> str:
+    nums = [f"{k}={v:.3f}" if v is not None and not math.isnan(v) else f"{k}=n/a" for k, v in scores.items()]
+    return " ".join([*nums, *(f"{k}={v!r}" for k, v in (texts or {}).items())])
 
 
 def _weights(w: Mapping[str, float] | None) -> str:
@@ -257,7 +258,8 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
     bar = progress_bar(total, f"{setup.labels.get(method, method):>6}", progress)
     write = bar.write if progress else say
     if not sched.started:
-        write(f"{tag} S0 probe: {_fmt(sched.start().scores)}")
+        s0 = sched.start()
+        write(f"{tag} S0 probe: {_fmt(s0.scores, s0.texts)}")
     bar.update(sched.iteration)
     t_train = 0.0
     while sched.iteration < total:
@@ -277,7 +279,7 @@ def train_method(setup: Setup, method: str, seed: int, start: Mapping[str, torch
         if record is not None:
             fb = f"  (fallback: {record.fallback})" if record.fallback else ""
             nxt = _weights(record.next_weights) if record.next_weights is not None else "(agent asked in the background)"
-            write(f"{tag} stage {record.stage}/{setup.stages}: probe {_fmt(record.scores)} weights "
+            write(f"{tag} stage {record.stage}/{setup.stages}: probe {_fmt(record.scores, record.texts)} weights "
                   f"{_weights(record.weights)} -> {nxt}  ({record.timings.get('train_s', 0):.1f}"
                   f" s train, {record.timings.get('agent_s', 0):.1f} s agent){fb}")
             if ckpt is not None:

@@ -60,14 +60,14 @@ __all__ = ["METHOD_LABELS", "Comparison", "MethodResult", "agent_config", "check
 
 
 def agent_config(cfg: RunConfig, method: str, seed: int | None = None) -> dict[str, Any]:
-    """The ``create_agent`` config of a method at ``seed`` (default the config's): Fixed, Random or the
-    configured agent; an agent that takes a ``seed`` and has none configured gets the run's."""
+    """The ``create_agent`` config of a method at ``seed`` (default the config's): Fixed, Random, the
+    configured ``agent`` or one of ``agents``; an agent that takes a ``seed`` and has none configured gets the run's."""
     seed = cfg.seed if seed is None else seed
     if method == "fixed":
         return {"type": "fixed"}
     if method == "random":
         return {"type": "random", "seed": seed}
-    out = dict(cfg.agent)
+    out = dict(cfg.agents[method] if method in cfg.agents else cfg.agent)
     if "seed" not in out and "seed" in agent_options(out["type"]):
         out["seed"] = seed  # several seeds: each its own agent draws, as Random's
     return out
