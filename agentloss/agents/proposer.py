@@ -9,9 +9,10 @@
    (the loss repository's table) implies: texture terms cost fidelity. Among equally promising
    untried moves the one safest for the guards goes first, then the measurements lead.
 3. **Guard** — each guarded objective (PSNR/SSIM by default, ``budget`` below its S0 value) must
-   stay above its floor in a pessimistic prediction; moves that would break it are vetoed, and
-   while the floor is broken only moves back towards the initial weights (or towards more
-   fidelity) are offered.
+   stay above its floor in a pessimistic prediction; moves that would break it are vetoed (never a
+   move towards fidelity: lowering a texture term or raising a fidelity one), within one noise unit
+   of the floor the moves that help the guard rank first, and while the floor is broken only moves
+   back towards the initial weights (or towards more fidelity) are offered.
 4. **Trials** — with ``SnapshotTrials`` in the scheduler, "keep" and the best moves are trained for
    a few iterations from a snapshot and re-ranked by the measured, paired improvement; a move
    measured worse than keeping is never offered.
@@ -21,9 +22,9 @@ constraints object (``effective_step``, ``within_bounds``); nothing is re-derive
 
 Example:
     >>> from agentloss.prompts.sample import sample_context
-    >>> opts = GuidedProposer().options(sample_context())  # psnr 24.9 is near its floor 24.8: only keeping is safe
+    >>> opts = GuidedProposer().options(sample_context())  # psnr 24.9 is near its floor 24.8: repair leads
     >>> [(c.label, c.action) for c in opts.shown], [c.vetoed is not None for c in opts.ranked]
-    ([('A', 'keep the current weights')], [False, True, True])
+    ([('A', 'lower gan /1.6'), ('B', 'keep the current weights')], [False, False, True])
     >>> [c.action for c in GuidedProposer(guards={}).options(sample_context()).shown]
     ['raise gan x1.6', 'lower gan /1.6', 'keep the current weights']
 """
@@ -235,6 +236,8 @@ class GuidedProposer:
                 moves.append((f"switch on {t} at {on:.3g}", {t: math.log(on / floor)}, {t: on}))
         guard_state = self._guard_state(history, guards, infos)
         broken = any(v["broken"] for v in guard_state.values())
+        # Repair starts before the floor: within one noise unit of it, moves that help the guards lead.
+        near = any(st["headroom"] < noise[g] for g, st in guard_state.items())
         tried = {t: _changes(history, t) for t in tune}
         out: list[Candidate] = []
         for action, dx, new_w in moves:
@@ -254,7 +257,7 @@ class GuidedProposer:
         def guard_margin(c: Candidate) -> float:  # ties (nothing measured yet): the move safest for the guards
             return sum((c.predicted[g] if infos[g].higher_is_better else -c.predicted[g]) / noise[g] for g in guards)
 
-        if broken:  # repair first: the move expected to bring the guards back the most
+        if broken or near:  # repair first: the move expected to bring the guards back the most
             ranked = sorted(out, key=lambda c: (c.vetoed is not None, -guard_margin(c), -c.gain))
         else:
             ranked = sorted(out, key=lambda c: (c.vetoed is not None, -round(c.gain, 6), -guard_margin(c)))
@@ -293,12 +296,18 @@ class GuidedProposer:
             if st["broken"]:
                 if not c.log_change or not all(self._mends(t, v, ctx, infos[g]) for t, v in c.log_change.items()):
                     vetoed = f"{g} is below its floor ({st['now']:.4g} < {st['floor']:.4g}): move back first"
-            elif breaks and c.log_change:
+            elif breaks and c.log_change and not self._helps(c, ctx, infos[g]):
                 vetoed = (f"predicted {g} {st['now'] + c.predicted[g]:.4g} (at worst {after:.4g}) would cross "
                           f"its floor {st['floor']:.4g}")
         if not ctx.constraints.within_bounds(c.weights):
             vetoed = "outside the weight bounds"
         return vetoed
+
+    def _helps(self, c: Candidate, ctx: DecisionContext, guard: ObjectiveInfo) -> bool:
+        """Whether every part of a move goes in the direction its loss's role says helps ``guard`` (lower a
+        texture term, raise a fidelity term): a fidelity guard never vetoes a move towards fidelity, which
+        near the floor would block the guard's own repair."""
+        return bool(c.log_change) and all(self.expected_sign(t, guard) * v > 0 for t, v in c.log_change.items())
 
     def _mends(self, t: str, v: float, ctx: DecisionContext, guard: ObjectiveInfo) -> bool:
         """Until a guard's floor holds again, only moves back towards the initial weights, or moves the
@@ -360,7 +369,7 @@ class GuidedProposer:
         for c in moves:
             for g, st in facts["guards"].items():
                 v = c.trial.get(g) if c.trial else None
-                if _finite(v) and not st["broken"]:
+                if _finite(v) and not st["broken"]:  # measured, not predicted: any move that crossed is out
                     crossed = v < st["floor"] if infos[g].higher_is_better else v > st["floor"]
                     if crossed:
                         c.vetoed = f"in the trial {g} reached {v:.4g}, beyond its floor {st['floor']:.4g}"
