@@ -318,7 +318,7 @@ def _pm(e: Mapping[str, Any]) -> str:
     return f"{e['mean']:.3f} ± {e['std']:.3f}" if finite(e["std"]) else f"{e['mean']:.3f} (1 seed)"
 
 
-def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], kept: str = KEPT,  # noqa: C901
+def format_report(results: Mapping[str, Any], summary: Mapping[str, Any], kept: str = KEPT,
                   population: str = POPULATION) -> str:
     """Markdown tables, one section per scenario."""
     lines: list[str] = []

@@ -63,14 +63,17 @@ def count(scores: Mapping[str, Mapping[int, Mapping[str, float]]], goal: str = "
     return out
 
 
+def _ci(s: Any) -> str:
+    return f"{s.mean:+.3f} [{s.lo:+.3f}, {s.hi:+.3f}]" if finite(s.lo) else f"{s.mean:+.3f}"
+
+
 def report(result: Mapping[str, Any], goal: str, fidelity: str, budget: float) -> str:
     lines = [f"| method | seeds | better on {goal} within {budget} dB | Δ{goal} vs fixed [95 % CI] | "
              f"Δ{fidelity} dB vs fixed [95 % CI] | per seed Δ{goal} / Δ{fidelity} |", "|---|---:|---:|---:|---:|---|"]
     for method, r in result.items():
         g, f = r["goal"], r["fidelity"]
-        ci = lambda s: f"{s.mean:+.3f} [{s.lo:+.3f}, {s.hi:+.3f}]" if finite(s.lo) else f"{s.mean:+.3f}"  # noqa: E731
         per = ", ".join(f"s{s} {a:+.3f}/{b:+.3f}" for s, a, b in zip(r["seeds"], r["d_goal"], r["d_fidelity"]))
-        lines.append(f"| {method} | {len(r['seeds'])} | {len(r['wins'])} of {len(r['seeds'])} | {ci(g)} | {ci(f)} | {per} |")
+        lines.append(f"| {method} | {len(r['seeds'])} | {len(r['wins'])} of {len(r['seeds'])} | {_ci(g)} | {_ci(f)} | {per} |")
     return "\n".join(lines)
 
 

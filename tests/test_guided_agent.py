@@ -294,4 +294,4 @@ def test_a_fidelity_guard_never_vetoes_its_own_repair():
     ctx.history[-1].scores["psnr"] = 24.83
     ranked, facts = GuidedProposer(explore=0.0).candidates(ctx)
     assert facts["guards"]["psnr"]["headroom"] < facts["noise"]["psnr"] and not facts["guards"]["psnr"]["broken"]
-    assert [c.action for c in ranked if c.vetoed is None][0] == "lower gan /1.6"
+    assert next(c.action for c in ranked if c.vetoed is None) == "lower gan /1.6"

@@ -67,7 +67,7 @@ def agent_config(cfg: RunConfig, method: str, seed: int | None = None) -> dict[s
         return {"type": "fixed"}
     if method == "random":
         return {"type": "random", "seed": seed}
-    out = dict(cfg.agents[method] if method in cfg.agents else cfg.agent)
+    out = dict(cfg.agents.get(method, cfg.agent))
     if "seed" not in out and "seed" in agent_options(out["type"]):
         out["seed"] = seed  # several seeds: each its own agent draws, as Random's
     return out
