@@ -82,7 +82,7 @@ import os
 import re
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -640,11 +640,11 @@ def add_method_runs(into: dict[str, Any], methods: Mapping[str, Any], where: str
         into[name]["runs"] = sorted([*into[name]["runs"], *m["runs"]], key=lambda r: r["seed"])  # more seeds
 
 
-def merge_results(paths: Sequence[str]) -> dict[str, Any]:
-    """One result set from files made with the same settings (the methods of each are added)."""
+def merge_files(paths: Sequence[str], keys: Sequence[str],
+                add: Callable[[dict[str, Any], dict[str, Any], str], None]) -> dict[str, Any]:
+    """One result set from result files whose ``settings`` agree on ``keys``: the first file, then
+    ``add(merged, data, path)`` for each other one (which raises on a seed already there)."""
     merged: dict[str, Any] | None = None
-    # What a run's result depends on must match; the number of seeds need not (each run carries its seed).
-    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints", "eval_ema")
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if merged is None:
@@ -654,11 +654,19 @@ def merge_results(paths: Sequence[str]) -> dict[str, Any]:
         diff = [k for k in keys if data["settings"].get(k) != merged["settings"].get(k)]
         if diff:
             raise ValueError(f"{path}: settings {diff} differ from {merged['merged_from'][0]}; cannot pair its runs")
-        add_method_runs(merged["methods"], data["methods"], f"{path}: method", merged["merged_from"])
+        add(merged, data, str(path))
         merged["merged_from"].append(str(path))
     if merged is None:
         raise ValueError("nothing to merge")
     return merged
+
+
+def merge_results(paths: Sequence[str]) -> dict[str, Any]:
+    """One result set from files made with the same settings (the methods of each are added)."""
+    # What a run's result depends on must match; the number of seeds need not (each run carries its seed).
+    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints", "eval_ema")
+    return merge_files(paths, keys, lambda merged, data, path: add_method_runs(
+        merged["methods"], data["methods"], f"{path}: method", merged["merged_from"]))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

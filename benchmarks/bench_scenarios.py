@@ -422,26 +422,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def merge_results(paths: Sequence[str]) -> dict[str, Any]:
     """One result set from files of the same settings (more seeds, or other scenarios/methods)."""
-    merged: dict[str, Any] | None = None
-    for path in paths:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if merged is None:
-            merged = {k: v for k, v in data.items() if k != "summary"}
-            merged["merged_from"] = [str(path)]
-            continue
-        diff = [k for k in SETTING_KEYS if data["settings"].get(k) != merged["settings"].get(k)]
-        if diff:
-            raise ValueError(f"{path}: settings {diff} differ from {merged['merged_from'][0]}; cannot pair its runs")
+    def add(merged: dict[str, Any], data: dict[str, Any], path: str) -> None:
         for name, sc in data["scenarios"].items():
             mine = merged["scenarios"].setdefault(name, {"scenario": sc["scenario"], "methods": {}})
             if mine["scenario"] != sc["scenario"]:
                 raise ValueError(f"{path}: scenario {name!r} is defined differently from {merged['merged_from'][0]}")
             bq.add_method_runs(mine["methods"], sc["methods"], f"{path}: scenario {name!r}, method",
                                merged["merged_from"])
-        merged["merged_from"].append(str(path))
-    if merged is None:
-        raise ValueError("nothing to merge")
-    return merged
+    return bq.merge_files(paths, SETTING_KEYS, add)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
