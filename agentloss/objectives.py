@@ -167,7 +167,8 @@ class PyiqaObjective(Objective):
     """Any pyiqa metric as an objective; direction and usual range come from pyiqa.
 
     ``kwargs`` go to ``pyiqa.create_metric`` (e.g. ``pretrained_model_path=`` for NIQE's parameter
-    file when offline). pyiqa is imported and the metric built on first use (or by ``prepare()``),
+    file when offline). ``quantize`` scores each image rounded to 8 bits, as a saved output (and
+    :func:`~agentloss.datasets.evaluation.evaluate`) is scored. pyiqa is imported and the metric built on first use (or by ``prepare()``),
     since importing pyiqa takes seconds and a metric may load weights. ``hint`` replaces the advice
     given when the metric cannot be built (a task config names its own option for NIQE's file).
 
@@ -183,7 +184,7 @@ class PyiqaObjective(Objective):
 
     def __init__(self, name: str, *, device: str | torch.device | None = None,
                  on_image_error: Literal["fail", "skip"] = "fail", display_name: str | None = None,
-                 hint: str | None = None, **kwargs: Any):
+                 hint: str | None = None, quantize: bool = False, **kwargs: Any):
         super().__init__(on_image_error)
         import pyiqa  # noqa: F401  - fail at construction, not at the first stage end, if absent
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
@@ -201,6 +202,7 @@ class PyiqaObjective(Objective):
         self.kwargs = kwargs
         self.device = device
         self.hint = hint
+        self.quantize = bool(quantize)
         self._metric: Any = None
 
     @property
@@ -235,6 +237,8 @@ class PyiqaObjective(Objective):
         metric = self.metric
         dev = next((b.device for b in metric.buffers()), None) or next((p.device for p in metric.parameters()), None)
         restored = restored.to(dev) if dev is not None else restored
+        if self.quantize:  # as a saved 8-bit image (and the final evaluation) would be scored
+            restored = restored.clamp(0, 1).mul(255).round().div(255)
         with torch.no_grad():
             if self.needs_reference:
                 assert reference is not None
@@ -262,29 +266,40 @@ class CallableObjective(Objective):
         return float(self.fn(restored, reference) if self.needs_reference else self.fn(restored))
 
 
-def _y_kwargs(y_channel: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _y_kwargs(y_channel: bool, kwargs: dict[str, Any], crop_border: int = 0) -> dict[str, Any]:
     # SR papers take Y from YCbCr (ITU-R BT.601); pyiqa's default Y comes from YIQ and reads ~1.3 dB lower.
-    return {"test_y_channel": y_channel, **({"color_space": "ycbcr"} if y_channel else {}), **kwargs}
+    if crop_border < 0:
+        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
+    return {"test_y_channel": y_channel, **({"color_space": "ycbcr"} if y_channel else {}),
+            **({"crop_border": int(crop_border)} if crop_border else {}), **kwargs}
 
 
 class PSNRObjective(PyiqaObjective):
     """Full-reference PSNR (dB) through pyiqa, on the YCbCr Y channel by default as SR papers report it.
 
-    Named ``psnr_y`` (or ``psnr`` with ``y_channel=False``).
+    Named ``psnr_y`` (or ``psnr`` with ``y_channel=False``). ``crop_border`` pixels are left out at
+    each side and ``quantize`` rounds to 8 bits first: SR evaluations crop ``scale`` pixels and
+    score saved 8-bit images, and a guard measured otherwise is not the PSNR the run is judged on.
 
     Example:
+        >>> import torch
         >>> PSNRObjective().name, PSNRObjective(y_channel=False).name
         ('psnr_y', 'psnr')
+        >>> gt = torch.rand(1, 3, 16, 16)
+        >>> edge = gt.clone(); edge[..., :2, :] = 0  # wrong only in the 2-px border
+        >>> PSNRObjective(crop_border=2).score([edge], [gt]).mean > 60, PSNRObjective().score([edge], [gt]).mean < 30
+        (True, True)
     """
 
-    def __init__(self, y_channel: bool = True, **kwargs: Any):
+    def __init__(self, y_channel: bool = True, crop_border: int = 0, **kwargs: Any):
         name = kwargs.pop("display_name", None) or ("psnr_y" if y_channel else "psnr")
-        super().__init__("psnr", display_name=name, **_y_kwargs(y_channel, kwargs))
+        super().__init__("psnr", display_name=name, **_y_kwargs(y_channel, kwargs, crop_border))
 
 
 class SSIMObjective(PyiqaObjective):
-    """Full-reference SSIM through pyiqa, on the YCbCr Y channel by default (named ``ssim_y`` or ``ssim``)."""
+    """Full-reference SSIM through pyiqa, on the YCbCr Y channel by default (named ``ssim_y`` or ``ssim``);
+    ``crop_border`` and ``quantize`` as for :class:`PSNRObjective`."""
 
-    def __init__(self, y_channel: bool = True, **kwargs: Any):
+    def __init__(self, y_channel: bool = True, crop_border: int = 0, **kwargs: Any):
         name = kwargs.pop("display_name", None) or ("ssim_y" if y_channel else "ssim")
-        super().__init__("ssim", display_name=name, **_y_kwargs(y_channel, kwargs))
+        super().__init__("ssim", display_name=name, **_y_kwargs(y_channel, kwargs, crop_border))

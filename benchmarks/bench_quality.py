@@ -286,6 +286,17 @@ def eval_spec(pairs: Sequence[ImagePair], niqe_kwargs: Mapping[str, Any], ema: f
                     ema=ema, quiet=True)
 
 
+# Result files record it: runs up to the ninth scored the probe's PSNR_Y uncropped and unrounded (their
+# settings lack the key), so they never merge with later ones.
+PROBE_PSNR = f"y, {SCALE} px border, 8-bit"
+
+
+def probe_psnr() -> al.PSNRObjective:
+    """The probe's PSNR_Y, measured as :func:`eval_spec` measures it (``SCALE`` px border, 8-bit output),
+    so the guard watches the PSNR the run is judged on."""
+    return al.PSNRObjective(device="cpu", crop_border=SCALE, quantize=True)
+
+
 def eval_record(scores: Scores) -> dict[str, Any]:
     """NIQE and PSNR_Y per evaluation image; a NIQE that raised is NaN, with its error in ``niqe_errors``."""
     res = scores.sets["eval"]
@@ -330,7 +341,7 @@ def make_setup(args: argparse.Namespace, split: Split, methods: Mapping[str, Map
     return Setup(
         model=small_sr,
         loss=lambda: al.AgentWeightedLoss(args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints),
-        objectives=lambda device: [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), al.PSNRObjective(device="cpu")],
+        objectives=lambda device: [al.PyiqaObjective("niqe", device="cpu", **niqe_kwargs), probe_psnr()],
         stream=stream, trial_stream=lambda seed: stream(seed + 1_000_003), probe_lq=split.probe_lq,
         probe_references=split.probe_hr, agent_config=lambda m, seed: agent_config_for_seed(methods[m], seed),
         methods=tuple(methods), stage_length=args.stage_iters, stages=args.stages, scale=SCALE,
@@ -664,7 +675,8 @@ def merge_files(paths: Sequence[str], keys: Sequence[str],
 def merge_results(paths: Sequence[str]) -> dict[str, Any]:
     """One result set from files made with the same settings (the methods of each are added)."""
     # What a run's result depends on must match; the number of seeds need not (each run carries its seed).
-    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints", "eval_ema")
+    keys = ("stages", "stage_iters", "batch", "patch", "pretrain_iters", "initial_weights", "constraints", "eval_ema",
+            "probe_psnr")
     return merge_files(paths, keys, lambda merged, data, path: add_method_runs(
         merged["methods"], data["methods"], f"{path}: method", merged["merged_from"]))
 
@@ -693,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = {k: getattr(args, k) for k in ("seeds", "stages", "stage_iters", "batch", "patch", "pretrain_iters",
                                                 "quick", "torch_threads", "run_dir", "eval_ema")}
     settings.update(initial_weights=args.initial_weights, terms=TERM_OPTIONS, constraints=args.constraints.to_dict(),
-                    needs=NEEDS, lr=TRAIN_LR, niqe_params=niqe_kwargs.get("pretrained_model_path"),
+                    needs=NEEDS, lr=TRAIN_LR, niqe_params=niqe_kwargs.get("pretrained_model_path"), probe_psnr=PROBE_PSNR,
                     argv=list(sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     results: dict[str, Any] = {"settings": settings, "split": split.description, "start": None,

@@ -153,6 +153,34 @@ def test_pyiqa_objective_direction_from_pyiqa(niqe_kwargs):
         al.PyiqaObjective("definitely_not_a_metric")
 
 
+def test_probe_psnr_can_measure_what_the_final_evaluation_measures(photo):
+    """A guard watches the PSNR a run is judged on: with the border crop and 8-bit rounding of evaluate()."""
+    from agentloss.datasets.evaluation import evaluate
+
+    gt = photo[:, :, :64, :64]
+    out = (gt + 0.02 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    out[..., :2, :] = 0.0  # wrong at the border only: where the conventions differ most
+    judged = evaluate(None, [(gt, gt)], scale=2, metrics=("psnr",), restore_fn=lambda lq: out).mean["psnr"]
+    matched = al.PSNRObjective(crop_border=2, quantize=True).score([out], [gt]).mean
+    plain = al.PSNRObjective().score([out], [gt]).mean
+    assert matched == pytest.approx(judged, abs=1e-3) and abs(plain - judged) > 1.0  # float32 vs float64 means
+    with pytest.raises(ValueError, match="crop_border"):
+        al.PSNRObjective(crop_border=-1)
+
+
+def test_task_runs_guard_psnr_as_their_evaluation_does(tmp_path):
+    from agentloss.tasks.build import build_objectives
+    from agentloss.tasks.config import load_config
+
+    base = {"task": "cisr", "backbone": {"name": "small_sr", "scale": 2}, "losses": {"l1": 1.0},
+            "objectives": [{"name": "psnr"}, {"name": "ssim"}], "agent": {"type": "fixed"}, "out": str(tmp_path)}
+    psnr, ssim = build_objectives(load_config(base), torch.device("cpu"))
+    assert (psnr.kwargs["crop_border"], psnr.quantize, ssim.kwargs["crop_border"], ssim.quantize) == (2, True, 2, True)
+    own = load_config({**base, "objectives": [{"name": "psnr", "options": {"crop_border": 0, "quantize": False}}]})
+    (psnr,) = build_objectives(own, torch.device("cpu"))
+    assert "crop_border" not in psnr.kwargs and not psnr.quantize  # a config's own options win
+
+
 def test_niqe_survives_collapsed_output(niqe_kwargs, photo):
     """pyiqa's NIQE raises LinAlgError on a flat image: the objective reports a failure, it does not raise."""
     niqe = al.PyiqaObjective("niqe", **niqe_kwargs)

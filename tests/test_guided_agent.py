@@ -192,6 +192,62 @@ def test_trials_rank_moves_by_the_measured_paired_improvement():
         all(c["trial"] is None or c["trial"]["psnr_y"] != 29.5 for c in d.info["shown"])
 
 
+def _noisy_trial(repeat_niqe):
+    """keep 5.90, the two moves 5.85 and 5.95; a repeat of keep on fresh batches scores ``repeat_niqe``."""
+    calls = []
+
+    def trial(weightings, steps):
+        calls.append(weightings)
+        if len(weightings) == 1:  # a repeat of keep
+            return [{"niqe": repeat_niqe, "psnr_y": 30.0}]
+        return [{"niqe": 5.90, "psnr_y": 30.0}, {"niqe": 5.85, "psnr_y": 30.0}, {"niqe": 5.95, "psnr_y": 30.0}][
+            : len(weightings)]
+    return trial, calls
+
+
+@pytest.mark.parametrize("repeat_niqe, moves", [(5.98, False), (5.92, True)])
+def test_a_move_must_beat_keeping_by_more_than_the_measured_trial_noise(repeat_niqe, moves):
+    trial, calls = _noisy_trial(repeat_niqe)
+    ctx = context(_two_stage_history())
+    ctx.trial = trial
+    d = GuidedAgent(backend="none", trials=2, trial_steps=5, noise_trials=1, guards={}).propose(ctx)
+    noise = d.info["trials"]["noise"]
+    assert len(calls) == 2 and calls[1] == [ctx.current_weights]  # keep again, as a call of its own (fresh batches)
+    assert noise["samples"] == [pytest.approx(repeat_niqe - 5.90)] and noise["sd"] == pytest.approx(abs(repeat_niqe - 5.90))
+    # A gain of 0.05 against a noise of 0.08 is not a measurement; against 0.02 it is.
+    assert (d.weights != ctx.current_weights) is moves
+    assert d.info["trials"]["below_noise"] == ([] if moves else [d.info["trials"]["results"][1]["action"]])
+
+
+def test_without_noise_trials_any_measured_gain_counts():
+    trial, calls = _noisy_trial(5.98)
+    ctx = context(_two_stage_history())
+    ctx.trial = trial
+    d = GuidedAgent(backend="none", trials=2, trial_steps=5, guards={}).propose(ctx)
+    assert len(calls) == 1 and d.info["trials"]["threshold"] == 0.0 and d.weights != ctx.current_weights
+
+
+def test_trial_noise_is_pooled_over_the_recorded_stage_ends():
+    from agentloss.types import DecisionRecord
+
+    hist = _two_stage_history()
+    hist[-1].decision = DecisionRecord(info={"trials": {"noise": {"samples": [0.10, -0.10]}}})
+    trial, _ = _noisy_trial(5.90)  # this stage's repeat happens to match exactly
+    ctx = context(hist)
+    ctx.trial = trial
+    d = GuidedAgent(backend="none", trials=2, trial_steps=5, noise_trials=1, guards={}).propose(ctx)
+    noise = d.info["trials"]["noise"]
+    assert noise["n"] == 3 and noise["sd"] == pytest.approx(math.sqrt(0.02 / 3))  # one lucky pair does not set the bar
+    assert d.weights == ctx.current_weights  # 0.05 < 0.082
+
+
+def test_noise_trials_need_trials_and_a_sane_min_gain():
+    with pytest.raises(ValueError, match="set trials"):
+        GuidedAgent(backend="none", noise_trials=1)
+    with pytest.raises(ValueError, match="min_gain"):
+        GuidedAgent(backend="none", trials=1, min_gain=float("nan"))
+
+
 def test_scheduler_trials_restore_training_exactly():
     import torch
 

@@ -193,6 +193,11 @@ def test_quick_run_pairs_every_method_and_merges(bs, tmp_path, niqe_params, caps
     want = [p["eval"]["mean"]["niqe"] - f["eval"]["mean"]["niqe"] for p, f in zip(runs["population"], runs["fixed"])]
     assert d["n"] == 2 and d["diffs"] == pytest.approx(want) and math.isfinite(d["p_sign_flip"])
     assert summary["kept_vs_population"]["goal"]["n"] == 2 and summary["endpoints"]["enough_seeds"] is False
+    fixed_scatter = summary["methods"]["fixed"]["scatter"]
+    assert fixed_scatter["moves"] == [0, 0] and fixed_scatter["final_range"]["gan"] == [0.1, 0.1]
+    moved = [sum(st["next_weights"] not in (None, st["weights"]) for st in r["stages"]) for r in runs["population"]]
+    assert summary["methods"]["population"]["scatter"]["moves"] == moved and "Scatter: " in printed
+    assert results["settings"]["probe_psnr"] == "y, 2 px border, 8-bit"  # older files, without it, never merge
     assert (tmp_path / "runs" / "gan-x10" / "population" / "seed1" / "stages.jsonl").is_file()
     # Seeds run in two processes merge into the same paired report; a seed twice is refused.
     for k in range(2):

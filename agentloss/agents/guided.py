@@ -58,7 +58,7 @@ class GuidedAgent(BaseAgent):
         templates: replacements for the guided prompt's parts (``system``, ``user``): paths or strings.
         **options: the proposer's settings (``primary``, ``guards``, ``tune``, ``step``, ``noise``,
             ``prior``, ``goal_prior``, ``explore``, ``max_candidates``, ``roles``, ``trials``,
-            ``trial_steps``: see :class:`~agentloss.agents.proposer.GuidedProposer`) and the
+            ``trial_steps``, ``noise_trials``, ``min_gain``: see :class:`~agentloss.agents.proposer.GuidedProposer`) and the
             chooser's (``max_tries``, ``max_tokens``, ``temperature``, ``seed``, ``use_grammar``).
             An unknown name raises ``ValueError`` listing the allowed ones.
     """
@@ -177,4 +177,5 @@ class GuidedAgent(BaseAgent):
         p = self.proposer
         return {**super().describe(), "primary": p.primary, "guards": p.guards, "tune": p.tune, "step": p.step,
                 "prior": p.prior, "explore": p.explore, "trials": p.trials, "trial_steps": p.trial_steps,
+                "noise_trials": p.noise_trials, "min_gain": p.min_gain,
                 "templates": self.templates.describe(), "backend": describe_backend(self.backend)}

@@ -15,7 +15,10 @@
    back towards the initial weights (or towards more fidelity) are offered.
 4. **Trials** — with ``SnapshotTrials`` in the scheduler, "keep" and the best moves are trained for
    a few iterations from a snapshot and re-ranked by the measured, paired improvement; a move
-   measured worse than keeping is never offered.
+   measured worse than keeping is never offered. With ``noise_trials``, "keep" is trained again on
+   fresh batches; the spread of those repeats (pooled over the run's stage ends, read back from the
+   recorded decisions) is the trial noise, and a move must beat keeping by ``min_gain`` times it:
+   a gain at the noise level is a coin flip, not a measurement.
 
 Everything here is arithmetic (< 1 ms without trials) and deterministic. The limits come from the
 constraints object (``effective_step``, ``within_bounds``); nothing is re-derived.
@@ -85,6 +88,15 @@ def _changes(history: list[StageRecord], name: str) -> int:
                > 1e-9)
 
 
+def _recorded_noise(record: StageRecord) -> list[float]:
+    """The trial-noise samples a guided decision recorded at this stage end (none if it ran no repeats)."""
+    info = record.decision.info if record.decision is not None else {}
+    trials = info.get("trials") if isinstance(info, Mapping) else None
+    noise = trials.get("noise") if isinstance(trials, Mapping) else None
+    samples = noise.get("samples") if isinstance(noise, Mapping) else None
+    return list(samples) if isinstance(samples, list) else []
+
+
 @dataclass
 class Options:
     """What the proposer offers: ``shown`` (labelled A, B, ...), the full ``ranked`` list, the ``facts``
@@ -118,6 +130,10 @@ class GuidedProposer:
         roles: loss name -> role, overriding the loss repository's table.
         trials: how many of the best moves to try from a snapshot besides "keep" (0 = no trials).
         trial_steps: iterations per trial (``None``: the ``SnapshotTrials`` default).
+        noise_trials: extra trials of "keep" on fresh batches per stage end, measuring the trial
+            noise (0 = none: any measured gain over keeping counts).
+        min_gain: with a measured trial noise, how many times it a move's gain over keeping must
+            exceed to be chosen.
     """
 
     primary: str | None = None
@@ -132,18 +148,25 @@ class GuidedProposer:
     roles: Mapping[str, str] | None = None
     trials: int = 0
     trial_steps: int | None = None
+    noise_trials: int = 0
+    min_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if self.step <= 1.0:
             raise ValueError(f"step must be > 1 (a multiplicative move), got {self.step}")
         if self.max_candidates < 2:
             raise ValueError(f"max_candidates must be >= 2, got {self.max_candidates}")
-        if self.trials < 0:
-            raise ValueError(f"trials must be >= 0, got {self.trials}")
+        if self.trials < 0 or self.noise_trials < 0:
+            raise ValueError(f"trials and noise_trials must be >= 0, got {self.trials}, {self.noise_trials}")
+        if self.noise_trials and not self.trials:
+            raise ValueError("noise_trials measures the noise of snapshot trials: set trials >= 1 as well")
+        if not (math.isfinite(self.min_gain) and self.min_gain >= 0):
+            raise ValueError(f"min_gain must be a finite number >= 0, got {self.min_gain}")
         self.guards = None if self.guards is None else {str(k): float(v) for k, v in self.guards.items()}
         self.tune = None if self.tune is None else list(self.tune)
         self.step, self.prior, self.goal_prior = float(self.step), float(self.prior), float(self.goal_prior)
         self.explore, self.max_candidates, self.trials = float(self.explore), int(self.max_candidates), int(self.trials)
+        self.noise_trials, self.min_gain = int(self.noise_trials), float(self.min_gain)
         self.roles = dict(self.roles or {})
 
     # -- what to improve, what to guard, what to move ----------------------------------------
@@ -332,7 +355,7 @@ class GuidedProposer:
         if trial_info is not None and "results" in trial_info:
             # After trials only moves measured better than keeping are offered, beside keeping itself.
             improving = [c for c in allowed if c.log_change and c.trial is not None
-                         and (trial_info["improvement"].get(c.action) or 0.0) > 0.0]
+                         and (trial_info["improvement"].get(c.action) or 0.0) > trial_info["threshold"]]
             allowed = [*improving, *([keep] if keep is not None else [])] or allowed
         shown = allowed[: self.max_candidates]
         if keep is not None and keep not in shown:
@@ -365,6 +388,8 @@ class GuidedProposer:
                 return None
             return (v - base) if hib else (base - v)  # improvement over keeping, in the primary's units
 
+        noise = self._trial_noise(ctx, keep, base if moves else None, p)  # nothing to judge: no repeats
+        threshold = self.min_gain * noise["sd"] if noise["sd"] is not None else 0.0
         infos = {o.name: o for o in ctx.objectives}
         for c in moves:
             for g, st in facts["guards"].items():
@@ -373,13 +398,37 @@ class GuidedProposer:
                     crossed = v < st["floor"] if infos[g].higher_is_better else v > st["floor"]
                     if crossed:
                         c.vetoed = f"in the trial {g} reached {v:.4g}, beyond its floor {st['floor']:.4g}"
-        measured_moves = [c for c in moves if c.vetoed is None and (measured(c) or 0.0) > 0.0]
+        measured_moves = [c for c in moves if c.vetoed is None and (measured(c) or 0.0) > threshold]
         measured_moves.sort(key=lambda c: -(measured(c) or 0.0))
         rest = [c for c in allowed if c not in measured_moves and c.vetoed is None]
         out = [*measured_moves, *[c for c in rest if not c.log_change], *[c for c in rest if c.log_change]]
+        below = [c.action for c in moves if c.vetoed is None and 0.0 < (measured(c) or 0.0) <= threshold]
         return out, {"steps": self.trial_steps, "seconds": time.perf_counter() - t,
                      "results": [{"action": c.action, "scores": c.trial, "improvement": measured(c)} for c in tried],
-                     "improvement": {c.action: measured(c) for c in tried}}
+                     "improvement": {c.action: measured(c) for c in tried},
+                     "noise": noise, "threshold": threshold, "below_noise": below}
+
+    def _trial_noise(self, ctx: DecisionContext, keep: Candidate, base: float | None, primary: str) -> dict[str, Any]:
+        """Train "keep" again on fresh batches ``noise_trials`` times; the trial noise is the root mean
+        square of (repeat - first keep) over every repeat of the run so far (this stage's and those
+        recorded at earlier stage ends), so one lucky pair of batches does not set the bar alone."""
+        samples: list[float] = []
+        errors: list[str] = []
+        for _ in range(self.noise_trials if _finite(base) else 0):
+            try:
+                again = ctx.trial([dict(keep.weights)], self.trial_steps)[0].get(primary)  # type: ignore[misc]
+            except Exception as e:  # noqa: BLE001 - a failed repeat leaves the estimate to the others
+                errors.append(f"{type(e).__name__}: {e}")
+                break
+            if _finite(again):
+                samples.append(float(again) - float(base))  # type: ignore[arg-type]
+        earlier = [x for r in ctx.history for x in _recorded_noise(r) if _finite(x)]
+        pooled = [*earlier, *samples]
+        sd = math.sqrt(sum(x * x for x in pooled) / len(pooled)) if pooled else None
+        out: dict[str, Any] = {"samples": samples, "n": len(pooled), "sd": sd}
+        if errors:
+            out["errors"] = errors
+        return out
 
     @staticmethod
     def explain(c: Candidate, facts: Mapping[str, Any]) -> str:

@@ -262,8 +262,13 @@ def build_objectives(cfg: RunConfig, device: torch.device) -> list[Objective | T
     parameter file from :func:`niqe_params` when set."""
     out: list[Objective | TextFeedback] = []
     y = cfg.task != "air"  # restoration papers report RGB PSNR for denoising/dehazing
+    # A guard is judged by the final evaluation, so it measures as that does (build_eval_sets, evaluate):
+    # `scale` border pixels cropped for SR, none for all-in-one restoration, outputs rounded to 8 bits.
+    crop = 0 if cfg.task == "air" or cfg.scale <= 1 else cfg.scale
     for o in cfg.objectives:
         kw = dict(o.options)
+        if o.name in ("psnr", "ssim"):
+            kw = {"crop_border": crop, "quantize": True, **kw}
         if o.name == "psnr":
             out.append(PSNRObjective(y_channel=y, device=device, **kw))
         elif o.name == "ssim":
