@@ -48,8 +48,17 @@ def default_step(model: nn.Module, loss_fn: AgentWeightedLoss, optimizer: torch.
     optimizer.step()
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    return tuple(t.to(device) for t in batch)  # type: ignore[return-value]
+def _to(batch: Any, device: torch.device) -> Any:
+    """A batch on ``device``: tensors anywhere in tuples, lists and dicts (a ``step_fn`` may take any batch)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        moved = {k: _to(v, device) for k, v in batch.items()}
+        return type(batch)(moved) if isinstance(batch, dict) else moved  # an OrderedDict stays one
+    if isinstance(batch, (tuple, list)):
+        moved = [_to(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)  # namedtuples too
+    return batch
 
 
 class SnapshotTrials:

@@ -89,3 +89,23 @@ def test_state_objects_must_be_restorable():
     model, ema, loss_fn, opt, batches, mean = _parts()
     with pytest.raises(TypeError, match="state_dict"):
         al.SnapshotTrials(opt, batches, state=[object()])
+
+
+def test_trial_batches_may_be_any_nesting_of_tensors():
+    """A step_fn of a framework (Lightning, HF) takes the batch as its training step does: dicts, lists, tuples."""
+    model = torch.nn.Conv2d(3, 3, 1)
+    loss_fn = al.AgentWeightedLoss({"l1": 1.0, "mse": 1.0})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def step(model, loss_fn, optimizer, batch):
+        seen.append((type(batch).__name__, type(batch["pair"]).__name__, batch["name"]))
+        optimizer.zero_grad()
+        loss_fn(model(batch["pair"][0]), batch["pair"][1]).backward()
+        optimizer.step()
+
+    batches = iter(lambda: {"pair": [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)], "name": "x"}, None)
+    trials = al.SnapshotTrials(opt, batches, steps=2, step_fn=step)
+    a, b = trials.run([{"l1": 1.0, "mse": 0.0}, {"l1": 0.0, "mse": 1.0}], model, loss_fn,
+                      lambda: {"w": model.weight.sum().item()})
+    assert seen == [("dict", "list", "x")] * 4 and a != b

@@ -357,3 +357,80 @@ def test_ddp_rank0_decides_and_every_rank_applies_it(tmp_path):
     assert r0["ignored"] and all(n.startswith("loss_fn.terms.gan.") for n in r0["ignored"])
     assert r0["calls"] == 3 * 2 and r1["calls"] == 0  # S0 + 2 stage ends x 2 probe images, on rank 0 only
     assert r0["records"] and not r1["records"]
+
+
+class _TrialAgent(al.agents.base.BaseAgent):
+    """Keeps the weights; with ``trials`` it first tries the current weights and a half-L1 weighting."""
+
+    name = "trial-probe"
+
+    def __init__(self, trials: int):
+        self.trials = trials
+        self.measured: list[list[dict]] = []
+
+    def propose(self, context):
+        if self.trials and context.trial is not None:
+            half = {**context.current_weights, "l1": context.current_weights["l1"] / 2}
+            self.measured.append(context.trial([dict(context.current_weights), half], 3))
+        return al.Decision(weights=dict(context.current_weights))
+
+
+class _LoggingNet(TinyNet):
+    """Logs its loss as a LightningModule does, and counts the logs that reached Lightning."""
+
+    def __init__(self):
+        super().__init__(loss="gan")  # a discriminator and its Adam: state a trial must put back
+        self.log_calls, self.autocasts = 0, set()
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.autocasts.add(self.autocast)
+        self.log("train_loss", loss)
+        return {"loss": loss}
+
+    def log(self, *args, **kwargs):
+        self.log_calls += 1
+        return super().log(*args, **kwargs)
+
+
+def _trial_run(root: Path, trials: int, precision: str = "32-true"):
+    model = _LoggingNet()
+    agent = _TrialAgent(trials)
+    extra = {"trial_batches": data(n=6, batch=2)} if trials else {}
+    cb = AgentLossCallback(agent, [mean_objective()], probe(), stage_length=2, **extra)
+    t = trainer(root, [cb], max_steps=6, precision=precision, gradient_clip_val=0.5)
+    t.fit(model, data(n=24))
+    return model, agent, cb, t
+
+
+@pytest.mark.slow
+def test_snapshot_trials_through_the_callback_leave_training_as_it_was(tmp_path):
+    with_trials, agent, cb, t = _trial_run(tmp_path / "a", trials=1, precision="bf16-mixed")
+    plain, _, _, t_plain = _trial_run(tmp_path / "b", trials=0, precision="bf16-mixed")
+    # 3 stage ends, each 2 candidates x 3 trial steps, measured and different; the run itself untouched.
+    assert len(agent.measured) == 3 and all(a != b for a, b in agent.measured)
+    assert cb.scheduler.trials.iterations == 3 * 2 * 3 and with_trials.calls == 6 + 18 and plain.calls == 6
+    assert t.global_step == t_plain.global_step == 6 and with_trials.log_calls == plain.log_calls == 6
+    assert with_trials.autocasts == {(True, torch.bfloat16)}  # trial steps train under the trainer's precision
+    a, b = with_trials.state_dict(), plain.state_dict()
+    assert _same(a, b)  # the discriminator and the loss weights too
+
+
+def test_trials_through_the_callback_fail_before_training_when_miswired(tmp_path):
+    with pytest.raises(ValueError, match="pass AgentLossCallback\\(..., trial_batches="):
+        AgentLossCallback(_TrialAgent(1), [mean_objective()], probe(), stage_length=2)
+    with pytest.raises(ValueError, match="asks for no trials"):
+        AgentLossCallback(al.RandomAgent(seed=0), [mean_objective()], probe(), stage_length=2, trial_batches=data())
+    with pytest.raises(TypeError, match="builds the SnapshotTrials itself"):
+        AgentLossCallback(_TrialAgent(1), [mean_objective()], probe(), stage_length=2, trials=object())
+
+    class Manual(TinyNet):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    cb = AgentLossCallback(_TrialAgent(1), [mean_objective()], probe(), stage_length=2, trial_batches=data())
+    model = Manual()
+    with pytest.raises(ValueError, match="need automatic optimization"):
+        trainer(tmp_path, [cb], max_steps=2).fit(model, data())
+    assert model.calls == 0

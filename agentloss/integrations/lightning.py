@@ -15,7 +15,11 @@ LightningModule as the model when fitting starts and then:
   resumes the run exactly; the weights are also in the module's ``state_dict`` and both must agree;
 * logs ``agentloss/weight/<name>``, ``agentloss/<objective>``, ``agentloss/fallback`` and
   ``agentloss/agent_s`` to every Lightning logger at ``step=trainer.global_step`` after each stage;
-* under DDP lets rank 0 score and decide and shares the decision (``agentloss.distributed``).
+* under DDP lets rank 0 score and decide and shares the decision (``agentloss.distributed``);
+* with ``trial_batches`` runs the guided agent's snapshot trials (:class:`~agentloss.trials.SnapshotTrials`
+  on the trainer's optimizer): each trial step is your ``training_step`` on a trial batch under the
+  trainer's precision (autocast, ``GradScaler``), gradient clipping and one optimizer step, with
+  ``self.log`` silenced; the global step, the logged metrics and the training state are left as they were.
 
 Set-up errors (no ``AgentWeightedLoss`` on the module, a probe/reference mismatch, ``max_steps`` shorter
 than a stage...) are raised by ``trainer.fit`` before any training step.
@@ -53,7 +57,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,17 +76,18 @@ from ..agents.base import Agent
 from ..objectives import Objective
 from ..probe import ImageInput, as_image_list
 from ..scheduler import StageScheduler
+from ..trials import SnapshotTrials
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
-__all__ = ["AgentLossCallback", "find_weighted_loss", "stage_metrics"]
+__all__ = ["AgentLossCallback", "find_weighted_loss", "lightning_trial_step", "stage_metrics"]
 
 log = logging.getLogger("agentloss")
 
 _STATE_VERSION = 1
 # StageScheduler arguments the callback fills in itself.
 _SET_BY_CALLBACK = {"loss_fn", "agent", "objectives", "model", "probe", "stage_length", "probe_references",
-                    "total_stages", "run_dir", "restore_fn", "callbacks"}
+                    "total_stages", "run_dir", "restore_fn", "callbacks", "trials"}
 
 
 def find_weighted_loss(module: nn.Module, loss_attr: str | None = None) -> tuple[str, AgentWeightedLoss]:
@@ -137,6 +142,60 @@ def stage_metrics(record: StageRecord) -> dict[str, float]:
     return out
 
 
+def _endless(batches: Iterable[Any]) -> Iterator[Any]:
+    """Batches from an iterable, started again when it ends (a DataLoader gives one epoch per ``iter``)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("trial_batches yielded no batch")
+        if iter(batches) is batches:  # a one-shot iterator: nothing to start again
+            return
+
+
+def _silenced(*args: Any, **kwargs: Any) -> None:
+    """``self.log`` during a trial step: a trial's losses are not the run's."""
+
+
+def lightning_trial_step(trainer: pl.Trainer, module: pl.LightningModule) -> Callable[..., None]:
+    """A :class:`~agentloss.trials.SnapshotTrials` ``step_fn`` that trains as the trainer's automatic
+    optimization does: ``training_step`` under the precision plugin's context, backward (through the
+    ``GradScaler`` of ``precision="16-mixed"``), the trainer's gradient clipping, one optimizer step."""
+
+    def step(model: nn.Module, loss_fn: AgentWeightedLoss, optimizer: torch.optim.Optimizer, batch: Any) -> None:
+        plugin = trainer.precision_plugin
+        module.log, module.log_dict = _silenced, _silenced  # instance attributes shadow the methods
+        try:
+            with plugin.train_step_context():
+                out = module.training_step(batch, 0)
+        finally:
+            del module.log, module.log_dict
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if loss is None:  # training_step skipped the batch, as Lightning lets it
+            return
+        optimizer.zero_grad(set_to_none=True)
+        scaler = getattr(plugin, "scaler", None)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if trainer.gradient_clip_val:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if trainer.gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, float(trainer.gradient_clip_val))
+            else:
+                torch.nn.utils.clip_grad_norm_(params, float(trainer.gradient_clip_val))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    return step
+
+
 def _default_restore(module: nn.Module, lq: torch.Tensor) -> torch.Tensor:
     # Under precision="bf16-true"/"16-true" the module's parameters are half precision: feed it its dtype
     # (restore() turns the output back into float32).
@@ -160,6 +219,14 @@ class AgentLossCallback(Callback):
         loss_attr: the attribute holding the ``AgentWeightedLoss`` (default: the module's only one).
         callbacks: functions called with each new ``StageRecord``.
         log_to_lightning: log each stage to ``trainer.loggers``.
+        trial_batches: batches for the agent's snapshot trials, in the form ``training_step`` takes (a
+            DataLoader of its own, not the training one; it is started again when it ends). Needed
+            when the agent asks for trials (``GuidedAgent(trials=2)``); automatic optimization with
+            one optimizer, one device.
+        trial_steps: optimizer steps per trial, when the agent does not say (``trial_steps``).
+        trial_state: further objects a training step changes and a trial must put back (each with
+            ``state_dict``/``load_state_dict``); the module, its loss, the optimizer and the
+            ``GradScaler`` are always snapshotted.
         **scheduler_options: further ``StageScheduler`` keywords (``clamp``; in versions that have them
             ``probe_model``, ``asynchronous``, ``apply_at``, ``decision_timeout``).
 
@@ -180,11 +247,27 @@ class AgentLossCallback(Callback):
         loss_attr: str | None = None,
         callbacks: Sequence[Callable[[StageRecord], Any]] = (),
         log_to_lightning: bool = True,
+        trial_batches: Iterable[Any] | None = None,
+        trial_steps: int = 20,
+        trial_state: Sequence[Any] = (),
         **scheduler_options: Any,
     ):
         super().__init__()
         if not isinstance(stage_length, int) or isinstance(stage_length, bool) or stage_length < 1:
             raise ValueError(f"stage_length must be a positive integer (optimizer steps), got {stage_length!r}")
+        if "trials" in scheduler_options:
+            raise TypeError("AgentLossCallback builds the SnapshotTrials itself, on the trainer's optimizer: pass "
+                            "trial_batches=<a DataLoader of its own> (and trial_steps=, trial_state=) instead of trials=")
+        wanted = int(getattr(agent, "trials", 0) or 0)
+        if wanted > 0 and trial_batches is None:
+            raise ValueError(f"the agent asks for {wanted} snapshot trial(s) per stage end: pass AgentLossCallback(..., "
+                             "trial_batches=<a DataLoader of its own, batches as training_step takes them>), or set "
+                             "the agent's trials to 0")
+        if trial_batches is not None and wanted <= 0:
+            raise ValueError(f"trial_batches is given but {type(agent).__name__} asks for no trials, so they would "
+                             "never run: use an agent with trials (GuidedAgent(trials=2)) or leave trial_batches out")
+        if not isinstance(trial_steps, int) or isinstance(trial_steps, bool) or trial_steps < 1:
+            raise ValueError(f"trial_steps must be a positive integer, got {trial_steps!r}")
         taken = sorted(set(scheduler_options) & _SET_BY_CALLBACK)
         if taken:
             raise TypeError(f"AgentLossCallback sets {taken} itself (the model is the LightningModule, the loss its "
@@ -203,6 +286,9 @@ class AgentLossCallback(Callback):
         self.loss_attr = loss_attr
         self.callbacks = list(callbacks)
         self.log_to_lightning = log_to_lightning
+        self.trial_batches = trial_batches
+        self.trial_steps = trial_steps
+        self.trial_state = list(trial_state)
         self.scheduler_options = scheduler_options
         self.scheduler: StageScheduler | None = None
         self._module: nn.Module | None = None  # the module the scheduler was built for
@@ -249,6 +335,8 @@ class AgentLossCallback(Callback):
         self._trainer = trainer
         if self.scheduler is None or self._module is not pl_module:  # a second fit() of one module continues
             self._build(pl_module)
+        elif self.trial_batches is not None:  # a later fit() has a new trainer (optimizer, precision)
+            self.scheduler.trials = self._make_trials(trainer, pl_module, self.scheduler.trials)
         if self._pending is not None:
             self._apply_state(self._pending)
 
@@ -259,11 +347,35 @@ class AgentLossCallback(Callback):
         refs = None
         if self.probe_references is not None:
             refs = [r.to(device) for r in as_image_list(self.probe_references, "probe_references")]
+        trials = self._make_trials(self._trainer, pl_module) if self.trial_batches is not None else None
         self.scheduler = StageScheduler(
             loss_fn, self.agent, self.objectives, pl_module, probe, stage_length=self.stage_length,
             probe_references=refs, total_stages=self.total_stages, run_dir=self.run_dir,
-            restore_fn=self.restore_fn, callbacks=[*self.callbacks, self._log_record], **self.scheduler_options)
+            restore_fn=self.restore_fn, callbacks=[*self.callbacks, self._log_record], trials=trials,
+            **self.scheduler_options)
         self._module = pl_module
+
+    def _make_trials(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule,
+                     previous: SnapshotTrials | None = None) -> SnapshotTrials:
+        """Snapshot trials on the trainer's optimizer, training as its automatic optimization does."""
+        if trainer is None:
+            raise RuntimeError("AgentLossCallback: trials are built when fitting starts")
+        if not pl_module.automatic_optimization:
+            raise ValueError("snapshot trials through AgentLossCallback need automatic optimization: with manual "
+                             "optimization training_step steps the optimizers itself (and counts global steps)")
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"snapshot trials need exactly one optimizer; configure_optimizers gave "
+                             f"{len(trainer.optimizers)}")
+        if trainer.world_size > 1:
+            raise ValueError("snapshot trials run on one process: under DDP rank 0 alone would train, and the ranks' "
+                             "models would part; run the trials on one device (or without trials)")
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        trials = SnapshotTrials(trainer.optimizers[0], _endless(self.trial_batches), steps=self.trial_steps,  # type: ignore[arg-type]
+                                step_fn=lightning_trial_step(trainer, pl_module),
+                                state=[*self.trial_state, *([scaler] if scaler is not None else [])])
+        if previous is not None:
+            trials.iterations = previous.iterations
+        return trials
 
     def _check_max_steps(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run:
