@@ -216,7 +216,8 @@ def make_scenario_setup(args: argparse.Namespace, split: bq.Split, scenario: Sce
     sargs = argparse.Namespace(**vars(args))
     sargs.initial_weights = dict(scenario.initial_weights)
     sargs.constraints = scenario.weight_constraints()
-    sargs.run_dir = str(Path(args.run_dir) / scenario.name)
+    # Per network too: two processes running one scenario on two networks must not write one set of records.
+    sargs.run_dir = str(Path(args.run_dir) / (f"{scenario.name}-{args.backbone}" if args.backbone else scenario.name))
     setup = bq.make_setup(sargs, split, scenario_methods(methods, scenario), niqe_kwargs)
     if tuple(scenario.objectives) != NUMERIC_OBJECTIVES or scenario.text_sources:
         setup = dataclasses.replace(setup, objectives=scenario_objectives(scenario.objectives, scenario.text_sources,
@@ -417,7 +418,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compare", action="append", default=[], metavar="A:B",
                     help="also report the paired difference A - B of two methods (repeatable)")
     ap.add_argument("--out", default="benchmarks/results/scenarios.json")
-    ap.add_argument("--run-dir", default="runs/bench_scenarios", help="records go to RUN_DIR/<scenario>/<method>/seed<k>")
+    ap.add_argument("--run-dir", default="runs/bench_scenarios",
+                    help="records go to RUN_DIR/<scenario>[-<backbone>]/<method>/seed<k>")
     ap.add_argument("--niqe-params", default=None)
     ap.add_argument("--cache-dir", default="~/.cache/agentloss-bench", help="pretrained start cache ('' = none)")
     ap.add_argument("--torch-threads", type=int, default=1)
@@ -532,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["summary"] = summarize(results, args.kept, args.population, args.compare_pairs)
     bq.write_json(out, results)
     log(format_report(results, results["summary"], args.kept, args.population))
-    log(f"\nresults: {out}; stage records: {args.run_dir}/<scenario>/<method>/seed<k>/")
+    log(f"\nresults: {out}; stage records: {args.run_dir}/<scenario>{'-' + args.backbone if args.backbone else ''}"
+        "/<method>/seed<k>/")
     return results
 
 

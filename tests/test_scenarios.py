@@ -169,6 +169,8 @@ def test_benchmark_configs_fail_before_any_work(bs, tmp_path):
     setup = bs.make_scenario_setup(args, split, get_scenario("gan-x10"), bs.resolve_methods(args), {})
     assert type(setup.model()).__name__ == "SwinIR" and setup.warm.cache.name.startswith("swinir_light_tiny_l1_")
     assert setup.loss().weights == {"l1": 1.0, "fft": 0.1, "gan": 0.1}
+    # Records per network: one scenario run on two networks side by side writes two sets of records.
+    assert setup.run_dir("fixed", 3).parts[-3:] == ("gan-x10-swinir_light_tiny", "fixed", "seed3")
 
 
 @pytest.mark.slow
