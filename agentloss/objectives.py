@@ -168,9 +168,10 @@ class PyiqaObjective(Objective):
 
     ``kwargs`` go to ``pyiqa.create_metric`` (e.g. ``pretrained_model_path=`` for NIQE's parameter
     file when offline). ``quantize`` scores each image rounded to 8 bits, as a saved output (and
-    :func:`~agentloss.datasets.evaluation.evaluate`) is scored. pyiqa is imported and the metric built on first use (or by ``prepare()``),
-    since importing pyiqa takes seconds and a metric may load weights. ``hint`` replaces the advice
-    given when the metric cannot be built (a task config names its own option for NIQE's file).
+    :func:`~agentloss.datasets.evaluation.evaluate`) is scored. pyiqa is imported and the metric
+    built on first use (or by ``prepare()``), since importing pyiqa takes seconds and a metric may
+    load weights. ``hint`` replaces the advice given when the metric cannot be built (a task config
+    names its own option for NIQE's file).
 
     Example:
         >>> import torch

@@ -619,12 +619,17 @@ def _default_timeout(agent: Agent) -> float:
     return float(deadline) + 30.0 if isinstance(deadline, (int, float)) else 600.0
 
 
+def requested_trials(agent: Agent) -> int:
+    """How many snapshot trials an agent asks for per stage end (its ``trials`` attribute; 0 if none)."""
+    try:
+        return int(getattr(agent, "trials", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _check_trials(agent: Agent, trials: SnapshotTrials | None, model: nn.Module, probe_model: nn.Module | None) -> None:
     """Refuse, before training, set-ups where trials would silently do nothing or compare nothing."""
-    try:
-        wanted = int(getattr(agent, "trials", 0) or 0)
-    except (TypeError, ValueError):
-        wanted = 0
+    wanted = requested_trials(agent)
     if wanted > 0 and trials is None:
         raise ValueError(
             f"the agent asks for {wanted} snapshot trial(s) per stage end but the scheduler has no SnapshotTrials, "

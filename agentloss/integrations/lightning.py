@@ -75,7 +75,7 @@ except ImportError as e:  # an optional dependency: say how to get it
 from ..agents.base import Agent
 from ..objectives import Objective
 from ..probe import ImageInput, as_image_list
-from ..scheduler import StageScheduler
+from ..scheduler import StageScheduler, requested_trials
 from ..trials import SnapshotTrials
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
@@ -258,7 +258,7 @@ class AgentLossCallback(Callback):
         if "trials" in scheduler_options:
             raise TypeError("AgentLossCallback builds the SnapshotTrials itself, on the trainer's optimizer: pass "
                             "trial_batches=<a DataLoader of its own> (and trial_steps=, trial_state=) instead of trials=")
-        wanted = int(getattr(agent, "trials", 0) or 0)
+        wanted = requested_trials(agent)
         if wanted > 0 and trial_batches is None:
             raise ValueError(f"the agent asks for {wanted} snapshot trial(s) per stage end: pass AgentLossCallback(..., "
                              "trial_batches=<a DataLoader of its own, batches as training_step takes them>), or set "
@@ -370,7 +370,8 @@ class AgentLossCallback(Callback):
             raise ValueError("snapshot trials run on one process: under DDP rank 0 alone would train, and the ranks' "
                              "models would part; run the trials on one device (or without trials)")
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        trials = SnapshotTrials(trainer.optimizers[0], _endless(self.trial_batches), steps=self.trial_steps,  # type: ignore[arg-type]
+        batches = _endless(self.trial_batches)  # type: ignore[arg-type]
+        trials = SnapshotTrials(trainer.optimizers[0], batches, steps=self.trial_steps,
                                 step_fn=lightning_trial_step(trainer, pl_module),
                                 state=[*self.trial_state, *([scaler] if scaler is not None else [])])
         if previous is not None:
