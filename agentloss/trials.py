@@ -3,7 +3,7 @@
 Stage-to-stage noise of a no-reference metric (NIQE: ±0.1–0.2) is larger than what one stage of a
 different weighting changes, so an agent learning from the history alone learns slowly. A trial
 compares candidates *paired*: each starts from the same snapshot (model, optimiser, loss weights
-and GAN discriminator, RNG), trains the same batches for ``steps`` iterations with its weights,
+and GAN discriminator, gradients, RNG), trains the same batches for ``steps`` iterations with its weights,
 and is scored on the probe set; afterwards the snapshot is restored exactly, so training goes on
 as if no trial had run (the main data stream is not touched: trials draw from their own).
 
@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -108,7 +108,11 @@ class SnapshotTrials:
         snapshot = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                     "loss": copy.deepcopy(loss_fn.state_dict()), "rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "extra": [copy.deepcopy(obj.state_dict()) for obj in self.state]}
+                    "extra": [copy.deepcopy(obj.state_dict()) for obj in self.state],
+                    # A loop that zeroes gradients after its step (HF Trainer) would add a trial's leftovers to
+                    # the next batch's: the gradients are put back as they were, too.
+                    "grads": [(p, None if p.grad is None else p.grad.detach().clone())
+                              for p in _parameters(model, loss_fn)]}
         was_training = model.training
         results: list[dict[str, float | None]] = []
         try:
@@ -147,9 +151,39 @@ class SnapshotTrials:
         loss_fn.load_state_dict(copy.deepcopy(snap["loss"]))
         for obj, st in zip(self.state, snap["extra"]):
             obj.load_state_dict(copy.deepcopy(st))  # a copy: the object may update loaded tensors in place
+        for p, grad in snap["grads"]:
+            p.grad = None if grad is None else grad.clone()
         torch.set_rng_state(snap["rng"])
         if snap["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(snap["cuda_rng"])
+
+
+def _parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the modules, each once (the loss may be a submodule of the model)."""
+    seen: dict[int, nn.Parameter] = {}
+    for m in modules:
+        for p in m.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def endless(batches: Iterable[Any]) -> Iterator[Any]:
+    """Batches from an iterable, started again when it ends (a DataLoader gives one epoch per ``iter``):
+    the trial stream a framework callback builds from the loader it is given.
+
+    >>> from itertools import islice
+    >>> list(islice(endless([1, 2]), 5))
+    [1, 2, 1, 2, 1]
+    """
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("trial_batches yielded no batch")
+        if iter(batches) is batches:  # a one-shot iterator: nothing to start again
+            return
 
 
 def trials_for(agent_config: Mapping[str, Any], optimizer: torch.optim.Optimizer,

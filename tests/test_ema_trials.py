@@ -109,3 +109,14 @@ def test_trial_batches_may_be_any_nesting_of_tensors():
     a, b = trials.run([{"l1": 1.0, "mse": 0.0}, {"l1": 0.0, "mse": 1.0}], model, loss_fn,
                       lambda: {"w": model.weight.sum().item()})
     assert seen == [("dict", "list", "x")] * 4 and a != b
+
+
+def test_trials_put_the_gradients_back():
+    """Loops that zero gradients after their step (HF Trainer) must not inherit a trial's last gradients."""
+    model = torch.nn.Conv2d(3, 3, 1)
+    loss_fn = al.AgentWeightedLoss({"l1": 1.0})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.weight.grad = torch.full_like(model.weight, 0.25)  # bias.grad stays None
+    batches = iter(lambda: (torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)), None)
+    al.SnapshotTrials(opt, batches, steps=2).run([{"l1": 1.0}], model, loss_fn, lambda: {})
+    assert torch.equal(model.weight.grad, torch.full_like(model.weight, 0.25)) and model.bias.grad is None

@@ -327,3 +327,60 @@ def test_asynchronous_decisions_are_logged_when_applied(tmp_path):
     assert agentloss_logs(trainer, "agentloss/weight/l1") == [(0, 1.0), (6, hist[1].next_weights["l1"]),
                                                               (9, hist[2].next_weights["l1"]),
                                                               (9, hist[3].next_weights["l1"])]
+
+
+class _TrialAgent(al.agents.base.BaseAgent):
+    """Keeps the weights; with ``trials`` it first tries the current weights and a half-L1 weighting."""
+
+    name = "trial-probe"
+
+    def __init__(self, trials: int):
+        self.trials = trials
+        self.measured: list[list[dict]] = []
+
+    def propose(self, context):
+        if self.trials and context.trial is not None:
+            half = {**context.current_weights, "l1": context.current_weights["l1"] / 2}
+            self.measured.append(context.trial([dict(context.current_weights), half], 3))
+        return al.Decision(weights=dict(context.current_weights))
+
+
+def _trial_run(out: Path, trials: int):
+    torch.manual_seed(0)
+    model, loss_fn, agent = TinyNet(), make_loss(gan=True), _TrialAgent(trials)
+    extra = {"trial_batches": torch.utils.data.DataLoader(NoisyCrops(6), batch_size=2)} if trials else {}
+    lq, gt = probe()
+    cb = AgentLossTrainerCallback(agent=agent, objectives=objectives(), probe=lq, probe_references=gt,
+                                  stage_length=STAGE, **extra)
+    trainer = AgentLossTrainer(model=model, args=make_args(out, save_strategy="no", max_grad_norm=0.5),
+                               train_dataset=NoisyCrops(), loss_fn=loss_fn, callbacks=[cb])
+    trainer.train()
+    return model, loss_fn, agent, cb, trainer
+
+
+@pytest.mark.slow
+def test_snapshot_trials_through_the_trainer_leave_training_as_it_was(tmp_path):
+    model, loss_fn, agent, cb, trainer = _trial_run(tmp_path / "a", trials=1)
+    plain, plain_loss, _, _, plain_trainer = _trial_run(tmp_path / "b", trials=0)
+    # 2 decisions (none after the last stage), each 2 candidates x 3 trial steps, measured and different.
+    assert len(agent.measured) == 2 and all(a != b for a, b in agent.measured)
+    assert cb.scheduler.trials.iterations == 2 * 2 * 3 and trainer.state.global_step == STAGE * STAGES
+    # The run itself is untouched: the same logged losses, model, discriminator and its optimizer.
+    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    assert losses == [(e["step"], e["loss"]) for e in plain_trainer.state.log_history if "loss" in e]
+    assert same(model.state_dict(), plain.state_dict()) and same(loss_fn.state_dict(), plain_loss.state_dict())
+
+
+def test_trials_through_the_trainer_fail_before_training_when_miswired(tmp_path):
+    lq, gt = probe()
+    common = {"objectives": objectives(), "probe": lq, "probe_references": gt, "stage_length": STAGE}
+    with pytest.raises(ValueError, match="trial_batches=<a DataLoader"):
+        AgentLossTrainerCallback(agent=_TrialAgent(1), **common)
+    with pytest.raises(ValueError, match="asks for no trials"):
+        AgentLossTrainerCallback(agent=al.RandomAgent(seed=0), trial_batches=[{}], **common)
+    cb = AgentLossTrainerCallback(agent=_TrialAgent(1), trial_batches=[{}], **common)
+    model = TinyNet()
+    trainer = Trainer(model=model, args=make_args(tmp_path, save_strategy="no"), train_dataset=NoisyCrops(),
+                      callbacks=[cb], compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.mean())
+    with pytest.raises((ValueError, TypeError), match="attach|AgentWeightedLoss"):
+        trainer.train()

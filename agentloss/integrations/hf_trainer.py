@@ -6,7 +6,10 @@ Two pieces, usable together or apart:
   it scores S0 in ``on_train_begin``, calls ``sched.step()`` once per optimizer step (``on_step_end``, which
   the Trainer fires once per ``gradient_accumulation_steps`` batches), saves the scheduler's state in every
   checkpoint's ``trainer_state.json`` and restores it on ``trainer.train(resume_from_checkpoint=...)``, and
-  logs each stage's weights and scores through ``Trainer.log`` (so every ``report_to`` backend sees them).
+  logs each stage's weights and scores through ``Trainer.log`` (so every ``report_to`` backend sees them);
+  with ``trial_batches`` it runs the guided agent's snapshot trials, each trial step being the Trainer's
+  ``compute_loss`` under its autocast, backward (through its ``GradScaler``), ``max_grad_norm`` clipping
+  and one step of its optimizer, all put back afterwards.
 * :class:`AgentLossTrainer` (or :class:`AgentLossTrainerMixin` for your own ``Trainer`` subclass) computes
   the loss as ``loss_fn(model(inputs["lq"]), inputs["gt"])`` for a plain ``nn.Module`` restoration model.
 
@@ -37,7 +40,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,11 +54,12 @@ from ..agents.base import Agent
 from ..distributed import unwrap
 from ..objectives import Objective
 from ..probe import ImageInput, ProbeError, as_image_list
-from ..scheduler import StageScheduler
+from ..scheduler import StageScheduler, requested_trials
+from ..trials import SnapshotTrials, endless
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
-__all__ = ["AgentLossTrainer", "AgentLossTrainerCallback", "AgentLossTrainerMixin"]
+__all__ = ["AgentLossTrainer", "AgentLossTrainerCallback", "AgentLossTrainerMixin", "hf_trial_step"]
 
 log = logging.getLogger("agentloss")
 
@@ -70,6 +74,33 @@ def _trainable_loss_state(loss_fn: AgentWeightedLoss) -> dict[str, Any]:
     trainable = [n for n, t in loss_fn.terms.items() if any(p.requires_grad for p in t.parameters())]
     prefixes = tuple(f"terms.{n}." for n in trainable)
     return {k: v for k, v in loss_fn.state_dict().items() if k.startswith(prefixes)}
+
+
+def hf_trial_step(trainer: Trainer) -> Callable[..., None]:
+    """A :class:`~agentloss.trials.SnapshotTrials` ``step_fn`` that trains as ``trainer`` does for one batch:
+    ``compute_loss`` under its autocast, backward (through the accelerator's ``GradScaler`` under fp16),
+    ``max_grad_norm`` clipping, one step of the (unwrapped) optimizer. No loss scaling for accumulation:
+    a trial step is one batch and one optimizer step."""
+
+    def step(model: nn.Module, loss_fn: AgentWeightedLoss, optimizer: torch.optim.Optimizer, batch: Any) -> None:
+        model.train()
+        inputs = trainer._prepare_inputs(batch)
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(model, inputs)
+        optimizer.zero_grad(set_to_none=True)
+        scaler = getattr(trainer.accelerator, "scaler", None)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        clip = trainer.args.max_grad_norm
+        if clip is not None and clip > 0:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    return step
 
 
 def _rebuild(base: type, attributes: dict[str, Any]) -> AgentLossTrainerCallback:
@@ -97,6 +128,13 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         log_stages: put each stage's weights, scores, fallback and timings into the Trainer's logs.
         name: prefix of the log keys (``agentloss/weight/l1``) and the key of this callback's state in a
             checkpoint (give two callbacks on one Trainer different names).
+        trial_batches: batches for the agent's snapshot trials, as the Trainer's collator makes them (a
+            DataLoader of its own; started again when it ends). Needed when the agent asks for trials
+            (``GuidedAgent(trials=2)``); the callback must know the Trainer (``AgentLossTrainer``, or
+            :meth:`attach`); one process.
+        trial_steps: optimizer steps per trial, when the agent does not say (``trial_steps``).
+        trial_state: further objects a training step changes and a trial must put back (an EMA); the
+            model, the loss, the optimizer and the ``GradScaler`` are always snapshotted.
 
     Every check that needs the Trainer (``max_steps`` shorter than a stage, no ``AgentWeightedLoss``, a
     checkpoint without this callback's state) raises in ``on_train_begin``, before any training step.
@@ -142,6 +180,9 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         name: str = "agentloss",
         asynchronous: bool = False,
         apply_at: str = "next_stage",
+        trial_batches: Iterable[Any] | None = None,
+        trial_steps: int = 20,
+        trial_state: Sequence[Any] = (),
     ):
         if self.__dict__.get("_configured"):
             return  # the Trainer rebuilding this callback from a checkpoint (see __new__): it is already set up
@@ -154,6 +195,9 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         if scheduler is not None:
             if not isinstance(scheduler, StageScheduler):
                 raise TypeError(f"scheduler must be a StageScheduler, got {type(scheduler).__name__}")
+            if trial_batches is not None:
+                raise ValueError("trial_batches builds the trials of a scheduler the callback builds; a ready "
+                                 "scheduler= brings its own (StageScheduler(..., trials=SnapshotTrials(...)))")
             if given:
                 raise ValueError(f"pass either scheduler= or what to build one from, not both (got {sorted(given)} "
                                  "too); the scheduler already has them")
@@ -181,8 +225,20 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
                                  "truths of the probe images)")
             if apply_at not in ("asap", "next_stage"):
                 raise ValueError(f"apply_at must be 'asap' or 'next_stage', got {apply_at!r}")
+            wanted = requested_trials(agent)  # type: ignore[arg-type]
+            if wanted > 0 and trial_batches is None:
+                raise ValueError(f"the agent asks for {wanted} snapshot trial(s) per stage end: pass "
+                                 "AgentLossTrainerCallback(..., trial_batches=<a DataLoader of its own, batches as the "
+                                 "Trainer's collator makes them>), or set the agent's trials to 0")
+            if trial_batches is not None and wanted <= 0:
+                raise ValueError(f"trial_batches is given but {type(agent).__name__} asks for no trials, so they "
+                                 "would never run: use an agent with trials (GuidedAgent(trials=2)) or leave it out")
+            if not isinstance(trial_steps, int) or isinstance(trial_steps, bool) or trial_steps < 1:
+                raise ValueError(f"trial_steps must be a positive integer, got {trial_steps!r}")
             self._config = {**given, "objectives": objectives, "clamp": clamp, "callbacks": list(callbacks),
-                            "asynchronous": bool(asynchronous), "apply_at": apply_at}
+                            "asynchronous": bool(asynchronous), "apply_at": apply_at,
+                            "trial_batches": trial_batches, "trial_steps": trial_steps,
+                            "trial_state": list(trial_state)}
         self.scheduler = scheduler
         self.run_dir = run_dir
         self.log_stages = log_stages
@@ -248,11 +304,30 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
         total = cfg.get("total_stages")
         if total is None:
             total = max(state.max_steps // stage_length, 1)
+        trials = self._make_trials(args, model, cfg) if cfg.get("trial_batches") is not None else None
         return StageScheduler(self._find_loss_fn(), cfg["agent"], cfg["objectives"], model, cfg["probe"],
                               stage_length=stage_length, probe_references=cfg.get("probe_references"),
                               total_stages=total, run_dir=run_dir, restore_fn=cfg.get("restore_fn"),
                               clamp=cfg["clamp"], callbacks=cfg["callbacks"],
-                              asynchronous=cfg.get("asynchronous", False), apply_at=cfg.get("apply_at", "next_stage"))
+                              asynchronous=cfg.get("asynchronous", False), apply_at=cfg.get("apply_at", "next_stage"),
+                              trials=trials)
+
+    def _make_trials(self, args: TrainingArguments, model: nn.Module, cfg: Mapping[str, Any]) -> SnapshotTrials:
+        """Snapshot trials on the Trainer's optimizer, each step trained as the Trainer trains one batch."""
+        trainer = self.trainer
+        if trainer is None:
+            raise ValueError("snapshot trials train with the Trainer's compute_loss: use AgentLossTrainer, or call "
+                             "callback.attach(trainer) after building your Trainer")
+        if args.world_size > 1:
+            raise ValueError("snapshot trials run on one process: under distributed training one rank alone would "
+                             "train, and the ranks' models would part; train on one device (or without trials)")
+        if trainer.optimizer is None:
+            raise ValueError("the Trainer has no optimizer yet at on_train_begin; snapshot trials need it")
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper: the torch one
+        scaler = getattr(trainer.accelerator, "scaler", None)
+        return SnapshotTrials(optimizer, endless(cfg["trial_batches"]), steps=cfg["trial_steps"],
+                              step_fn=hf_trial_step(trainer),
+                              state=[*cfg["trial_state"], *([scaler] if scaler is not None else [])])
 
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

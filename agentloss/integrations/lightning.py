@@ -57,7 +57,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -76,7 +76,7 @@ from ..agents.base import Agent
 from ..objectives import Objective
 from ..probe import ImageInput, as_image_list
 from ..scheduler import StageScheduler, requested_trials
-from ..trials import SnapshotTrials
+from ..trials import SnapshotTrials, endless
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
@@ -140,19 +140,6 @@ def stage_metrics(record: StageRecord) -> dict[str, float]:
     out["agentloss/fallback"] = float(record.fallback is not None)
     out["agentloss/agent_s"] = float(record.timings.get("agent_s", 0.0))
     return out
-
-
-def _endless(batches: Iterable[Any]) -> Iterator[Any]:
-    """Batches from an iterable, started again when it ends (a DataLoader gives one epoch per ``iter``)."""
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("trial_batches yielded no batch")
-        if iter(batches) is batches:  # a one-shot iterator: nothing to start again
-            return
 
 
 def _silenced(*args: Any, **kwargs: Any) -> None:
@@ -370,7 +357,7 @@ class AgentLossCallback(Callback):
             raise ValueError("snapshot trials run on one process: under DDP rank 0 alone would train, and the ranks' "
                              "models would part; run the trials on one device (or without trials)")
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        batches = _endless(self.trial_batches)  # type: ignore[arg-type]
+        batches = endless(self.trial_batches)  # type: ignore[arg-type]
         trials = SnapshotTrials(trainer.optimizers[0], batches, steps=self.trial_steps,
                                 step_fn=lightning_trial_step(trainer, pl_module),
                                 state=[*self.trial_state, *([scaler] if scaler is not None else [])])
