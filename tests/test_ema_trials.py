@@ -118,5 +118,5 @@ def test_trials_put_the_gradients_back():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model.weight.grad = torch.full_like(model.weight, 0.25)  # bias.grad stays None
     batches = iter(lambda: (torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)), None)
-    al.SnapshotTrials(opt, batches, steps=2).run([{"l1": 1.0}], model, loss_fn, lambda: {})
+    al.SnapshotTrials(opt, batches, steps=2).run([{"l1": 1.0}], model, loss_fn, dict)
     assert torch.equal(model.weight.grad, torch.full_like(model.weight, 0.25)) and model.bias.grad is None
