@@ -56,8 +56,8 @@ def _to(batch: Any, device: torch.device) -> Any:
         moved = {k: _to(v, device) for k, v in batch.items()}
         return type(batch)(moved) if isinstance(batch, dict) else moved  # an OrderedDict stays one
     if isinstance(batch, (tuple, list)):
-        moved = [_to(v, device) for v in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)  # namedtuples too
+        items = [_to(v, device) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)  # namedtuples too
     return batch
 
 

@@ -84,7 +84,7 @@ def hf_trial_step(trainer: Trainer) -> Callable[..., None]:
 
     def step(model: nn.Module, loss_fn: AgentWeightedLoss, optimizer: torch.optim.Optimizer, batch: Any) -> None:
         model.train()
-        inputs = trainer._prepare_inputs(batch)
+        inputs = trainer._prepare_inputs(batch)  # the Trainer's own device placement (it has no public name)
         with trainer.compute_loss_context_manager():
             loss = trainer.compute_loss(model, inputs)
         optimizer.zero_grad(set_to_none=True)
