@@ -186,6 +186,25 @@ def endless(batches: Iterable[Any]) -> Iterator[Any]:
             return
 
 
+def check_trial_args(wanted: int, trial_batches: Any, trial_steps: Any, owner: str, form: str) -> None:
+    """The checks a framework callback makes on its trial arguments when it is built: an agent asking for
+    ``wanted`` trials needs ``trial_batches`` (batches in ``form``), and batches with no trials would never run.
+
+    >>> check_trial_args(2, None, 20, "MyCallback", "your step takes them")
+    Traceback (most recent call last):
+    ...
+    ValueError: the agent asks for 2 snapshot trial(s) per stage end: pass MyCallback(..., trial_batches=<a DataLoader of its own, batches as your step takes them>), or set the agent's trials to 0
+    """
+    if wanted > 0 and trial_batches is None:
+        raise ValueError(f"the agent asks for {wanted} snapshot trial(s) per stage end: pass {owner}(..., "
+                         f"trial_batches=<a DataLoader of its own, batches as {form}>), or set the agent's trials to 0")
+    if trial_batches is not None and wanted <= 0:
+        raise ValueError("trial_batches is given but the agent asks for no trials, so they would never run: use an "
+                         "agent with trials (GuidedAgent(trials=2)) or leave trial_batches out")
+    if not isinstance(trial_steps, int) or isinstance(trial_steps, bool) or trial_steps < 1:
+        raise ValueError(f"trial_steps must be a positive integer, got {trial_steps!r}")
+
+
 def trials_for(agent_config: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                make_batches: Callable[[], Iterator[Batch]]) -> SnapshotTrials | None:
     """The ``SnapshotTrials`` an agent config asks for (``trials: N`` > 0), else ``None``.

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import agentloss as al
+from tests.trial_agents import KeepingTrialAgent
 from agentloss.integrations.hf_trainer import (
     AgentLossTrainer,
     AgentLossTrainerCallback,
@@ -329,25 +330,9 @@ def test_asynchronous_decisions_are_logged_when_applied(tmp_path):
                                                               (9, hist[3].next_weights["l1"])]
 
 
-class _TrialAgent(al.agents.base.BaseAgent):
-    """Keeps the weights; with ``trials`` it first tries the current weights and a half-L1 weighting."""
-
-    name = "trial-probe"
-
-    def __init__(self, trials: int):
-        self.trials = trials
-        self.measured: list[list[dict]] = []
-
-    def propose(self, context):
-        if self.trials and context.trial is not None:
-            half = {**context.current_weights, "l1": context.current_weights["l1"] / 2}
-            self.measured.append(context.trial([dict(context.current_weights), half], 3))
-        return al.Decision(weights=dict(context.current_weights))
-
-
 def _trial_run(out: Path, trials: int):
     torch.manual_seed(0)
-    model, loss_fn, agent = TinyNet(), make_loss(gan=True), _TrialAgent(trials)
+    model, loss_fn, agent = TinyNet(), make_loss(gan=True), KeepingTrialAgent(trials)
     extra = {"trial_batches": torch.utils.data.DataLoader(NoisyCrops(6), batch_size=2)} if trials else {}
     lq, gt = probe()
     cb = AgentLossTrainerCallback(agent=agent, objectives=objectives(), probe=lq, probe_references=gt,
@@ -375,10 +360,10 @@ def test_trials_through_the_trainer_fail_before_training_when_miswired(tmp_path)
     lq, gt = probe()
     common = {"objectives": objectives(), "probe": lq, "probe_references": gt, "stage_length": STAGE}
     with pytest.raises(ValueError, match="trial_batches=<a DataLoader"):
-        AgentLossTrainerCallback(agent=_TrialAgent(1), **common)
+        AgentLossTrainerCallback(agent=KeepingTrialAgent(1), **common)
     with pytest.raises(ValueError, match="asks for no trials"):
         AgentLossTrainerCallback(agent=al.RandomAgent(seed=0), trial_batches=[{}], **common)
-    cb = AgentLossTrainerCallback(agent=_TrialAgent(1), trial_batches=[{}], **common)
+    cb = AgentLossTrainerCallback(agent=KeepingTrialAgent(1), trial_batches=[{}], **common)
     model = TinyNet()
     trainer = Trainer(model=model, args=make_args(tmp_path, save_strategy="no"), train_dataset=NoisyCrops(),
                       callbacks=[cb], compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.mean())

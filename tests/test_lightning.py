@@ -18,6 +18,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 
 import agentloss as al
+from tests.trial_agents import KeepingTrialAgent
 from agentloss.integrations.lightning import AgentLossCallback
 from agentloss.probe import restore
 
@@ -359,22 +360,6 @@ def test_ddp_rank0_decides_and_every_rank_applies_it(tmp_path):
     assert r0["records"] and not r1["records"]
 
 
-class _TrialAgent(al.agents.base.BaseAgent):
-    """Keeps the weights; with ``trials`` it first tries the current weights and a half-L1 weighting."""
-
-    name = "trial-probe"
-
-    def __init__(self, trials: int):
-        self.trials = trials
-        self.measured: list[list[dict]] = []
-
-    def propose(self, context):
-        if self.trials and context.trial is not None:
-            half = {**context.current_weights, "l1": context.current_weights["l1"] / 2}
-            self.measured.append(context.trial([dict(context.current_weights), half], 3))
-        return al.Decision(weights=dict(context.current_weights))
-
-
 class _LoggingNet(TinyNet):
     """Logs its loss as a LightningModule does, and counts the logs that reached Lightning."""
 
@@ -395,7 +380,7 @@ class _LoggingNet(TinyNet):
 
 def _trial_run(root: Path, trials: int, precision: str = "32-true"):
     model = _LoggingNet()
-    agent = _TrialAgent(trials)
+    agent = KeepingTrialAgent(trials)
     extra = {"trial_batches": data(n=6, batch=2)} if trials else {}
     cb = AgentLossCallback(agent, [mean_objective()], probe(), stage_length=2, **extra)
     t = trainer(root, [cb], max_steps=6, precision=precision, gradient_clip_val=0.5)
@@ -418,18 +403,18 @@ def test_snapshot_trials_through_the_callback_leave_training_as_it_was(tmp_path)
 
 def test_trials_through_the_callback_fail_before_training_when_miswired(tmp_path):
     with pytest.raises(ValueError, match="pass AgentLossCallback\\(..., trial_batches="):
-        AgentLossCallback(_TrialAgent(1), [mean_objective()], probe(), stage_length=2)
+        AgentLossCallback(KeepingTrialAgent(1), [mean_objective()], probe(), stage_length=2)
     with pytest.raises(ValueError, match="asks for no trials"):
         AgentLossCallback(al.RandomAgent(seed=0), [mean_objective()], probe(), stage_length=2, trial_batches=data())
     with pytest.raises(TypeError, match="builds the SnapshotTrials itself"):
-        AgentLossCallback(_TrialAgent(1), [mean_objective()], probe(), stage_length=2, trials=object())
+        AgentLossCallback(KeepingTrialAgent(1), [mean_objective()], probe(), stage_length=2, trials=object())
 
     class Manual(TinyNet):
         def __init__(self):
             super().__init__()
             self.automatic_optimization = False
 
-    cb = AgentLossCallback(_TrialAgent(1), [mean_objective()], probe(), stage_length=2, trial_batches=data())
+    cb = AgentLossCallback(KeepingTrialAgent(1), [mean_objective()], probe(), stage_length=2, trial_batches=data())
     model = Manual()
     with pytest.raises(ValueError, match="need automatic optimization"):
         trainer(tmp_path, [cb], max_steps=2).fit(model, data())

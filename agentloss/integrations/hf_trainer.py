@@ -55,7 +55,7 @@ from ..distributed import unwrap
 from ..objectives import Objective
 from ..probe import ImageInput, ProbeError, as_image_list
 from ..scheduler import StageScheduler, requested_trials
-from ..trials import SnapshotTrials, endless
+from ..trials import SnapshotTrials, check_trial_args, endless
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
@@ -225,16 +225,8 @@ class AgentLossTrainerCallback(TrainerCallback, ExportableState):
                                  "truths of the probe images)")
             if apply_at not in ("asap", "next_stage"):
                 raise ValueError(f"apply_at must be 'asap' or 'next_stage', got {apply_at!r}")
-            wanted = requested_trials(agent)  # type: ignore[arg-type]
-            if wanted > 0 and trial_batches is None:
-                raise ValueError(f"the agent asks for {wanted} snapshot trial(s) per stage end: pass "
-                                 "AgentLossTrainerCallback(..., trial_batches=<a DataLoader of its own, batches as the "
-                                 "Trainer's collator makes them>), or set the agent's trials to 0")
-            if trial_batches is not None and wanted <= 0:
-                raise ValueError(f"trial_batches is given but {type(agent).__name__} asks for no trials, so they "
-                                 "would never run: use an agent with trials (GuidedAgent(trials=2)) or leave it out")
-            if not isinstance(trial_steps, int) or isinstance(trial_steps, bool) or trial_steps < 1:
-                raise ValueError(f"trial_steps must be a positive integer, got {trial_steps!r}")
+            check_trial_args(requested_trials(agent), trial_batches, trial_steps,  # type: ignore[arg-type]
+                             "AgentLossTrainerCallback", "the Trainer's collator makes them")
             self._config = {**given, "objectives": objectives, "clamp": clamp, "callbacks": list(callbacks),
                             "asynchronous": bool(asynchronous), "apply_at": apply_at,
                             "trial_batches": trial_batches, "trial_steps": trial_steps,

@@ -76,7 +76,7 @@ from ..agents.base import Agent
 from ..objectives import Objective
 from ..probe import ImageInput, as_image_list
 from ..scheduler import StageScheduler, requested_trials
-from ..trials import SnapshotTrials, endless
+from ..trials import SnapshotTrials, check_trial_args, endless
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
@@ -245,16 +245,8 @@ class AgentLossCallback(Callback):
         if "trials" in scheduler_options:
             raise TypeError("AgentLossCallback builds the SnapshotTrials itself, on the trainer's optimizer: pass "
                             "trial_batches=<a DataLoader of its own> (and trial_steps=, trial_state=) instead of trials=")
-        wanted = requested_trials(agent)
-        if wanted > 0 and trial_batches is None:
-            raise ValueError(f"the agent asks for {wanted} snapshot trial(s) per stage end: pass AgentLossCallback(..., "
-                             "trial_batches=<a DataLoader of its own, batches as training_step takes them>), or set "
-                             "the agent's trials to 0")
-        if trial_batches is not None and wanted <= 0:
-            raise ValueError(f"trial_batches is given but {type(agent).__name__} asks for no trials, so they would "
-                             "never run: use an agent with trials (GuidedAgent(trials=2)) or leave trial_batches out")
-        if not isinstance(trial_steps, int) or isinstance(trial_steps, bool) or trial_steps < 1:
-            raise ValueError(f"trial_steps must be a positive integer, got {trial_steps!r}")
+        check_trial_args(requested_trials(agent), trial_batches, trial_steps, "AgentLossCallback",
+                         "training_step takes them")
         taken = sorted(set(scheduler_options) & _SET_BY_CALLBACK)
         if taken:
             raise TypeError(f"AgentLossCallback sets {taken} itself (the model is the LightningModule, the loss its "
