@@ -61,6 +61,23 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: Any = None,
+                   clip: Callable[[], Any] | None = None) -> None:
+    """One optimizer step from a loss, as framework loops take it: backward (through a ``GradScaler``
+    when given), ``clip()`` on unscaled gradients when given, then the (scaler's) step."""
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        clip()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 class SnapshotTrials:
     """See the module docstring. ``batches`` yields ``(lq, gt)`` (its own stream, not the training
     one); ``step_fn(model, loss_fn, optimizer, batch)`` is one training iteration (default: plain

@@ -55,7 +55,7 @@ from ..distributed import unwrap
 from ..objectives import Objective
 from ..probe import ImageInput, ProbeError, as_image_list
 from ..scheduler import StageScheduler, requested_trials
-from ..trials import SnapshotTrials, check_trial_args, endless
+from ..trials import SnapshotTrials, check_trial_args, endless, optimizer_step
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
@@ -87,19 +87,9 @@ def hf_trial_step(trainer: Trainer) -> Callable[..., None]:
         inputs = trainer._prepare_inputs(batch)  # the Trainer's own device placement (it has no public name)
         with trainer.compute_loss_context_manager():
             loss = trainer.compute_loss(model, inputs)
-        optimizer.zero_grad(set_to_none=True)
-        scaler = getattr(trainer.accelerator, "scaler", None)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        clip = trainer.args.max_grad_norm
-        if clip is not None and clip > 0:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        norm = trainer.args.max_grad_norm
+        clip = (lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), float(norm))) if norm and norm > 0 else None
+        optimizer_step(optimizer, loss, getattr(trainer.accelerator, "scaler", None), clip)
     return step
 
 

@@ -76,7 +76,7 @@ from ..agents.base import Agent
 from ..objectives import Objective
 from ..probe import ImageInput, as_image_list
 from ..scheduler import StageScheduler, requested_trials
-from ..trials import SnapshotTrials, check_trial_args, endless
+from ..trials import SnapshotTrials, check_trial_args, endless, optimizer_step
 from ..types import StageRecord
 from ..weighted_loss import AgentWeightedLoss
 
@@ -162,25 +162,19 @@ def lightning_trial_step(trainer: pl.Trainer, module: pl.LightningModule) -> Cal
         loss = out.get("loss") if isinstance(out, Mapping) else out
         if loss is None:  # training_step skipped the batch, as Lightning lets it
             return
-        optimizer.zero_grad(set_to_none=True)
-        scaler = getattr(plugin, "scaler", None)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if trainer.gradient_clip_val:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            if trainer.gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, float(trainer.gradient_clip_val))
-            else:
-                torch.nn.utils.clip_grad_norm_(params, float(trainer.gradient_clip_val))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(optimizer, loss, getattr(plugin, "scaler", None), _clipper(trainer, optimizer))
     return step
+
+
+def _clipper(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> Callable[[], Any] | None:
+    """The trainer's gradient clipping (``gradient_clip_val``/``gradient_clip_algorithm``), or None."""
+    value = trainer.gradient_clip_val
+    if not value:
+        return None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if trainer.gradient_clip_algorithm == "value":
+        return lambda: torch.nn.utils.clip_grad_value_(params, float(value))
+    return lambda: torch.nn.utils.clip_grad_norm_(params, float(value))
 
 
 def _default_restore(module: nn.Module, lq: torch.Tensor) -> torch.Tensor:
